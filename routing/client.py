@@ -168,7 +168,8 @@ class ModelClient:
         self.endpoint = endpoint.rstrip("/")
         self.first_token_timeout_s = first_token_timeout_s
         self.stream_idle_timeout_s = stream_idle_timeout_s
-        read_timeout = max(first_token_timeout_s, stream_idle_timeout_s)
+        # A margin so that our own first-token and idle limits fire before httpx's read timeout.
+        read_timeout = max(first_token_timeout_s, stream_idle_timeout_s) + 1.0
         self._openai = openai.AsyncOpenAI(
             base_url=self.endpoint,
             api_key=api_key or "not-needed",
@@ -247,32 +248,42 @@ class ChatStream:
         want_logprobs = self.want_logprobs and self._client._logprobs_supported.get(model_id, True)
         self.response.timings = Timings(request_sent=time.perf_counter())
         try:
-            self._upstream = await asyncio.wait_for(
-                self._create(model_id, want_logprobs), timeout=self._client.first_token_timeout_s
-            )
-        except openai.BadRequestError as exc:
-            if want_logprobs and "logprob" in str(exc).lower():
+            try:
+                self._upstream = await self._create_or_raise(model_id, want_logprobs)
+            except ServerRejected as exc:
+                cause = exc.__cause__
+                if not (want_logprobs and isinstance(cause, openai.BadRequestError) and "logprob" in str(cause).lower()):
+                    raise
                 # A server that rejects the logprobs parameter: remember, and ask again without it.
                 self._client._logprobs_supported[model_id] = False
                 self.response.timings = Timings(request_sent=time.perf_counter())
                 self._upstream = await self._create_or_raise(model_id, False)
-            else:
-                raise ServerRejected(f"The model server rejected the request: {exc.message}") from exc
-        except asyncio.TimeoutError as exc:
-            raise ModelTimeout(
-                f"The model server at {self._client.endpoint} did not start answering within "
-                f"{self._client.first_token_timeout_s:.0f} s.",
-                partial=self.response,
-            ) from exc
-        except (openai.APIConnectionError, openai.APIStatusError) as exc:
-            raise _as_model_error(exc, self._client.endpoint, self.response) from exc
+        except ModelServerError:
+            # __aexit__ does not run when __aenter__ fails: give the partial response its end time and usage.
+            self._finalize()
+            raise
         return self
+
+    def _first_token_wait_left(self) -> float:
+        """The first-token limit counts from the request, across headers and any content-less chunks."""
+        deadline = self.response.timings.request_sent + self._client.first_token_timeout_s
+        return max(deadline - time.perf_counter(), 0.0)
+
+    def _first_token_timeout(self) -> ModelTimeout:
+        self.response.error = "timeout"
+        return ModelTimeout(
+            f"The model server at {self._client.endpoint} did not start answering within "
+            f"{self._client.first_token_timeout_s:g} s.",
+            partial=self.response,
+        )
 
     async def _create_or_raise(self, model_id: str, want_logprobs: bool):
         try:
-            return await asyncio.wait_for(
-                self._create(model_id, want_logprobs), timeout=self._client.first_token_timeout_s
-            )
+            return await asyncio.wait_for(self._create(model_id, want_logprobs), timeout=self._first_token_wait_left())
+        except asyncio.TimeoutError as exc:
+            raise self._first_token_timeout() from exc
+        except openai.BadRequestError as exc:
+            raise ServerRejected(f"The model server rejected the request: {exc.message}", partial=self.response) from exc
         except (openai.APIConnectionError, openai.APIStatusError) as exc:
             raise _as_model_error(exc, self._client.endpoint, self.response) from exc
 
@@ -325,16 +336,17 @@ class ChatStream:
         iterator = self._upstream.__aiter__()
         while True:
             waiting_for_first = timings.first_token is None
-            timeout = self._client.first_token_timeout_s if waiting_for_first else self._client.stream_idle_timeout_s
+            timeout = self._first_token_wait_left() if waiting_for_first else self._client.stream_idle_timeout_s
             try:
                 chunk = await asyncio.wait_for(iterator.__anext__(), timeout=timeout)
             except StopAsyncIteration:
                 break
-            except asyncio.TimeoutError as exc:
+            except (asyncio.TimeoutError, httpx.TimeoutException) as exc:
+                if waiting_for_first:
+                    raise self._first_token_timeout() from exc
                 response.error = "timeout"
-                what = "start answering" if waiting_for_first else "send the next token"
                 raise ModelTimeout(
-                    f"The model server did not {what} within {timeout:.0f} s; the answer so far is kept.",
+                    f"The model server did not send the next token within {timeout:g} s; the answer so far is kept.",
                     partial=response,
                 ) from exc
             except (httpx.HTTPError, openai.APIError) as exc:

@@ -38,6 +38,7 @@ class Script:
     reject_logprobs: bool = False  # answer 400 when the request asks for logprobs
     finish_reason: str = "stop"
     role_chunk_first: bool = True  # llama.cpp sends a role-only chunk first
+    headers_delay: float = 0.0  # seconds before the response headers (a server busy with the prompt)
 
 
 @dataclass
@@ -101,6 +102,8 @@ class FakeOpenAIServer:
             return JSONResponse({"error": {"message": script.error_message}}, status_code=script.status)
         if script.reject_logprobs and body.get("logprobs"):
             return JSONResponse({"error": {"message": "logprobs is not supported"}}, status_code=400)
+        if script.headers_delay:
+            await asyncio.sleep(script.headers_delay)
         if not body.get("stream"):
             return JSONResponse(_whole_completion(model, script))
         return StreamingResponse(self._events(model, body, script, record), media_type="text/event-stream")

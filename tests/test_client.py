@@ -1,0 +1,309 @@
+"""The model client against a scripted OpenAI-compatible server on loopback (real HTTP, real SSE)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from rag.tokens import count_message_tokens, count_tokens
+from routing.client import (
+    ModelClient,
+    ModelNotFound,
+    ModelTimeout,
+    ServerRejected,
+    ServerUnreachable,
+    StreamInterrupted,
+    resolve_alias,
+)
+from tests.fake_openai_server import FakeOpenAIServer, Script, _free_port
+
+SMALL_ID = "Phi-4-mini-instruct-generic-cpu"
+LARGE_ID = "gpt-oss-20b-generic-cpu"
+MESSAGES = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is BM25?"}]
+
+
+@pytest.fixture(scope="module")
+def server():
+    with FakeOpenAIServer([SMALL_ID, LARGE_ID]) as fake:
+        yield fake
+
+
+@pytest.fixture(autouse=True)
+def fresh_scripts(server):
+    server.scripts.clear()
+    server.requests.clear()
+    yield
+
+
+@pytest.fixture
+async def client(server):
+    model_client = ModelClient(server.base_url)
+    yield model_client
+    await model_client.close()
+
+
+async def wait_until(predicate, timeout_s: float = 3.0) -> bool:
+    deadline = time.perf_counter() + timeout_s
+    while time.perf_counter() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return predicate()
+
+
+# ----------------------------------------------------------------------------------------- aliases
+
+
+def test_resolve_alias_prefers_exact_then_case_insensitive_then_prefix():
+    served = ["phi-4-mini-instruct-generic-gpu", "Phi-4-mini-instruct-generic-cpu", "PHI-4-MINI"]
+    assert resolve_alias("Phi-4-mini-instruct-generic-cpu", served) == "Phi-4-mini-instruct-generic-cpu"
+    assert resolve_alias("phi-4-mini", served) == "PHI-4-MINI"
+    assert resolve_alias("phi-4-mini-instruct", ["x", SMALL_ID]) == SMALL_ID
+    assert resolve_alias("phi-4-mini", [LARGE_ID, SMALL_ID]) == SMALL_ID
+    # Contained rather than prefixed: the shortest such id.
+    assert resolve_alias("oss-20b", ["openai-gpt-oss-20b-generic-cpu", "gpt-oss-20b"]) == "gpt-oss-20b"
+
+
+def test_resolve_alias_without_match_lists_what_is_served():
+    with pytest.raises(ModelNotFound) as caught:
+        resolve_alias("llama-3", [SMALL_ID, LARGE_ID])
+    message = str(caught.value)
+    assert "llama-3" in message and SMALL_ID in message and LARGE_ID in message
+    assert caught.value.served == [SMALL_ID, LARGE_ID]
+    with pytest.raises(ModelNotFound, match=r"\(none\)"):
+        resolve_alias("phi-4-mini", [])
+
+
+async def test_client_resolves_alias_against_served_models(server, client):
+    assert await client.resolve(SMALL_ID) == SMALL_ID
+    assert await client.resolve(SMALL_ID.lower()) == SMALL_ID
+    assert await client.resolve("phi-4-mini") == SMALL_ID
+    assert await client.resolve("gpt-oss-20b") == LARGE_ID
+    response = await client.complete("phi-4-mini", MESSAGES)
+    assert response.model == SMALL_ID
+    assert response.alias == "phi-4-mini"
+    assert server.requests[-1].model == SMALL_ID
+
+
+async def test_unknown_alias_raises_model_not_found_listing_served(server, client):
+    with pytest.raises(ModelNotFound) as caught:
+        async with client.stream("mistral-7b", MESSAGES):
+            pass
+    assert SMALL_ID in str(caught.value) and LARGE_ID in str(caught.value)
+    assert server.requests == []  # nothing was sent to a model that does not exist
+
+
+# ----------------------------------------------------------------------------------------- usage and logprobs
+
+
+async def test_usage_from_server_is_not_estimated(server, client):
+    server.script(SMALL_ID, Script(tokens=["One", " two", " three", "."], prompt_tokens=17))
+    response = await client.complete("phi-4-mini", MESSAGES)
+    assert response.text == "One two three."
+    assert (response.usage.prompt_tokens, response.usage.completion_tokens) == (17, 4)
+    assert response.usage.estimated is False
+    assert response.finish_reason == "stop"
+    assert response.complete and not response.cancelled
+
+
+async def test_missing_usage_is_estimated_with_tiktoken(server, client):
+    tokens = ["Retrieval", " ranks", " chunks", " by", " BM25", " score", "."]
+    server.script(SMALL_ID, Script(tokens=tokens, send_usage=False))
+    response = await client.complete("phi-4-mini", MESSAGES)
+    assert response.usage.estimated is True
+    assert response.usage.completion_tokens == count_tokens("".join(tokens))
+    assert response.usage.prompt_tokens == count_message_tokens(MESSAGES)
+
+
+async def test_logprobs_present_are_collected_per_token(server, client):
+    server.script(SMALL_ID, Script(tokens=["a", "b", "c"], logprobs=[-0.1, -0.5, -2.0]))
+    response = await client.complete("phi-4-mini", MESSAGES)
+    assert response.token_logprobs == pytest.approx([-0.1, -0.5, -2.0])
+    body = server.requests[-1].body
+    assert body["logprobs"] is True and body["top_logprobs"] == 1
+
+
+async def test_logprobs_absent_give_none(server, client):
+    server.script(SMALL_ID, Script(tokens=["a", "b"], logprobs=None))
+    response = await client.complete("phi-4-mini", MESSAGES)
+    assert response.token_logprobs is None
+    assert response.text == "ab"
+
+
+async def test_logprobs_not_requested_are_not_sent(server, client):
+    server.script(SMALL_ID, Script(tokens=["a", "b"], logprobs=[-0.1, -0.2]))
+    response = await client.complete("phi-4-mini", MESSAGES, logprobs=False)
+    assert "logprobs" not in server.requests[-1].body
+    assert response.token_logprobs is None
+
+
+async def test_server_rejecting_logprobs_gets_the_request_again_without(server, client):
+    server.script(SMALL_ID, Script(tokens=["ok", "."], reject_logprobs=True))
+    response = await client.complete("phi-4-mini", MESSAGES)
+    assert response.text == "ok."
+    assert response.token_logprobs is None
+    first, second = server.requests
+    assert first.body.get("logprobs") is True
+    assert "logprobs" not in second.body
+    # Remembered: the next call does not ask again.
+    await client.complete("phi-4-mini", MESSAGES)
+    assert len(server.requests) == 3 and "logprobs" not in server.requests[-1].body
+
+
+# ----------------------------------------------------------------------------------------- failures
+
+
+async def test_stream_cut_half_way_raises_with_partial_text(server, client):
+    tokens = [f" t{i}" for i in range(10)]
+    server.script(SMALL_ID, Script(tokens=tokens, drop_after=4))
+    received = []
+    with pytest.raises(StreamInterrupted) as caught:
+        async with client.stream("phi-4-mini", MESSAGES) as stream:
+            async for delta in stream:
+                received.append(delta)
+    partial = caught.value.partial
+    assert partial.text == "".join(tokens[:4]) == "".join(received)
+    assert partial.error and "interrupted" in partial.error
+    assert not partial.complete
+    assert partial.usage.estimated is True and partial.usage.completion_tokens == count_tokens(partial.text)
+    assert "answer so far is kept" in str(caught.value)
+
+
+async def test_first_token_timeout(server):
+    server.script(SMALL_ID, Script(tokens=["late"], first_token_delay=3.0))
+    client = ModelClient(server.base_url, first_token_timeout_s=0.3, stream_idle_timeout_s=5.0)
+    started = time.perf_counter()
+    try:
+        with pytest.raises(ModelTimeout, match="start answering") as caught:
+            await client.complete("phi-4-mini", MESSAGES)
+    finally:
+        await client.close()
+    assert time.perf_counter() - started < 1.5
+    partial = caught.value.partial
+    assert partial.text == "" and partial.error == "timeout"
+    assert partial.timings.first_token is None and partial.timings.total_s == pytest.approx(0.3, abs=0.15)
+    assert partial.usage.estimated and partial.usage.completion_tokens == 0
+
+
+async def test_first_token_deadline_counts_from_the_request(server):
+    # Slow headers, then a slow first token: each wait alone is under the limit, together they are not.
+    server.script(SMALL_ID, Script(tokens=["late"], headers_delay=0.3, first_token_delay=0.3))
+    client = ModelClient(server.base_url, first_token_timeout_s=0.45, stream_idle_timeout_s=5.0)
+    started = time.perf_counter()
+    try:
+        with pytest.raises(ModelTimeout):
+            await client.complete("phi-4-mini", MESSAGES)
+    finally:
+        await client.close()
+    assert time.perf_counter() - started < 0.58
+
+
+async def test_idle_timeout_keeps_the_text_so_far(server):
+    server.script(SMALL_ID, Script(tokens=["first", " second", " third"], token_delay=3.0))
+    client = ModelClient(server.base_url, first_token_timeout_s=5.0, stream_idle_timeout_s=0.3)
+    started = time.perf_counter()
+    try:
+        with pytest.raises(ModelTimeout, match="next token") as caught:
+            await client.complete("phi-4-mini", MESSAGES)
+    finally:
+        await client.close()
+    assert time.perf_counter() - started < 1.5
+    assert caught.value.partial.text == "first"
+    assert caught.value.partial.error == "timeout"
+
+
+async def test_connection_refused_says_what_to_start():
+    endpoint = f"http://127.0.0.1:{_free_port()}/v1"
+    client = ModelClient(endpoint, connect_timeout_s=1.0)
+    try:
+        with pytest.raises(ServerUnreachable) as caught:
+            async with client.stream("phi-4-mini", MESSAGES):
+                pass
+    finally:
+        await client.close()
+    message = str(caught.value)
+    assert endpoint in message
+    assert "ASSISTANT_MODEL_ENDPOINT" in message and "foundry" in message.lower()
+
+
+async def test_server_gone_after_resolution_is_unreachable():
+    with FakeOpenAIServer([SMALL_ID]) as short_lived:
+        client = ModelClient(short_lived.base_url, connect_timeout_s=1.0)
+        assert await client.resolve("phi-4-mini") == SMALL_ID
+    try:
+        with pytest.raises(ServerUnreachable):
+            await client.complete("phi-4-mini", MESSAGES)
+    finally:
+        await client.close()
+
+
+async def test_http_500_is_server_rejected(server, client):
+    server.script(SMALL_ID, Script(status=500, error_message="model crashed"))
+    with pytest.raises(ServerRejected) as caught:
+        await client.complete("phi-4-mini", MESSAGES)
+    assert "500" in str(caught.value) and "model crashed" in str(caught.value)
+
+
+# ----------------------------------------------------------------------------------------- stopping early
+
+
+async def test_cancelling_the_consumer_closes_the_upstream(server, client):
+    server.script(SMALL_ID, Script(tokens=[f" w{i}" for i in range(200)], token_delay=0.01))
+    seen = asyncio.Event()
+    holder = {}
+
+    async def consume():
+        async with client.stream("phi-4-mini", MESSAGES) as stream:
+            holder["stream"] = stream
+            async for _ in stream:
+                if stream.response.content_chunks >= 5:
+                    seen.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(seen.wait(), timeout=5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    response = holder["stream"].response
+    assert response.cancelled is True and not response.complete
+    assert response.text.startswith(" w0 w1 w2 w3 w4")
+    assert response.usage.estimated is True
+    record = server.requests[-1]
+    assert await wait_until(lambda: record.client_disconnected)
+    assert not record.completed
+    assert record.tokens_sent < 40, record.tokens_sent
+
+
+async def test_breaking_out_of_the_loop_closes_the_upstream(server, client):
+    server.script(SMALL_ID, Script(tokens=[f" w{i}" for i in range(200)], token_delay=0.01))
+    async with client.stream("phi-4-mini", MESSAGES) as stream:
+        async for _ in stream:
+            if stream.response.content_chunks == 3:
+                break
+    assert stream.response.cancelled is True
+    assert stream.response.text == " w0 w1 w2"
+    record = server.requests[-1]
+    assert await wait_until(lambda: record.client_disconnected)
+    assert record.tokens_sent < 40, record.tokens_sent
+
+
+# ----------------------------------------------------------------------------------------- timing
+
+
+async def test_timings_match_a_scripted_pace(server, client):
+    """First token after 200 ms, then 50 tokens 20 ms apart.
+
+    Expected: ttft 0.20 s (within 60 ms), generation 49 x 20 ms = 0.98 s, total ~1.18 s (within 150 ms),
+    decode rate 49 / 0.98 s = 50 tok/s (within 15%). The role-only first chunk must not count as the first token.
+    """
+    server.script(SMALL_ID, Script(tokens=[f" t{i}" for i in range(50)], first_token_delay=0.2, token_delay=0.02))
+    response = await client.complete("phi-4-mini", MESSAGES)
+    timings = response.timings
+    assert response.usage.completion_tokens == 50 and not response.usage.estimated
+    assert timings.ttft_s == pytest.approx(0.2, abs=0.06)
+    assert timings.generation_s == pytest.approx(0.98, rel=0.15)
+    assert timings.total_s == pytest.approx(1.18, abs=0.15)
+    assert response.decode_tokens_per_s == pytest.approx(50.0, rel=0.15)
+    assert timings.request_sent < timings.first_token <= timings.last_token <= timings.finished
