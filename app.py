@@ -1,0 +1,491 @@
+"""Chainlit handlers: they render the pipeline's events and nothing more."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import shutil
+import sys
+from pathlib import Path
+
+import chainlit as cl
+from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
+from chainlit.input_widget import Select, Slider
+from chainlit.server import app as fastapi_app
+from fastapi.responses import FileResponse, Response as HTTPResponse
+
+from assistant.conversations import ConversationStore
+from assistant.events import AnswerStarted, Escalated, Notice, PromptBuilt, SourcesFound, Token, TurnFinished
+from assistant.pipeline import Pipeline
+from assistant.settings import RoutingMode, SettingsError, load_settings
+from assistant.storage import LocalFileStorage, ensure_schema
+from assistant.uploads import UploadError, save_upload, share_document
+from rag.knowledge import KnowledgeBase
+from rag.documents import DocumentSet
+from rag.loaders import LoadError
+from routing.client import ModelClient, ModelServerError
+from routing.metrics import SessionMetrics, TurnMetrics, latency_figure, summary_rows
+from routing.policy import RoutingOptions
+import ui
+
+log = logging.getLogger("assistant")
+
+try:
+    settings = load_settings()
+except SettingsError as exc:
+    print(exc, file=sys.stderr)
+    raise
+
+settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _auth_secret() -> str:
+    """A per-installation secret for Chainlit's session tokens, created once and kept in the data folder."""
+    path = settings.data_dir / "auth_secret"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+os.environ.setdefault("CHAINLIT_AUTH_SECRET", _auth_secret())
+
+client = ModelClient.from_settings(settings)
+knowledge = KnowledgeBase(
+    settings.knowledge_dir,
+    settings.cache_dir / "index",
+    backend=settings.bm25_backend.value,
+    chunk_tokens=settings.chunk_tokens,
+    chunk_overlap=settings.chunk_overlap,
+)
+pipeline = Pipeline(settings, client, knowledge)
+conversations = ConversationStore(settings.data_dir / "conversations")
+file_storage = LocalFileStorage(settings.data_dir / "files")
+documents_by_thread: dict[str, DocumentSet] = {}
+
+MODE_LABELS = {
+    RoutingMode.AUTOMATIC.value: "Automatic (small first, escalate when needed)",
+    RoutingMode.SMALL_ONLY.value: f"{settings.small_model} only",
+    RoutingMode.LARGE_ONLY.value: f"{settings.large_model} only",
+    RoutingMode.DRAFT_THEN_REFINE.value: "Draft then refine",
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# Server set-up: schema, knowledge index, element files, the demo page
+# ------------------------------------------------------------------------------------------------
+
+
+@cl.on_app_startup
+async def startup() -> None:
+    await ensure_schema(settings.sqlalchemy_url)
+    report = await asyncio.to_thread(knowledge.refresh)
+    log.info("knowledge: %s", report)
+
+
+@cl.on_app_shutdown
+async def shutdown() -> None:
+    await client.close()
+
+
+@cl.data_layer
+def data_layer():
+    return SQLAlchemyDataLayer(conninfo=settings.sqlalchemy_url, storage_provider=file_storage)
+
+
+if settings.auth_password:
+
+    @cl.password_auth_callback
+    def password_login(username: str, password: str):
+        if username == settings.local_user and secrets.compare_digest(password, settings.auth_password):
+            return cl.User(identifier=username, metadata={"provider": "password"})
+        return None
+
+else:
+
+    @cl.header_auth_callback
+    def local_user(headers):
+        # Single-user local mode: everyone reaching this loopback server is the one local user.
+        return cl.User(identifier=settings.local_user, metadata={"provider": "local"})
+
+
+def _install_get_routes() -> None:
+    """Register our GET routes ahead of Chainlit's catch-all page route, which would shadow them."""
+    first_new = len(fastapi_app.router.routes)
+
+    @fastapi_app.get("/storage/{object_key:path}")
+    async def stored_file(object_key: str):
+        try:
+            path = file_storage.path_for(object_key)
+        except ValueError:
+            return HTTPResponse(status_code=404)
+        if not path.is_file():
+            return HTTPResponse(status_code=404)
+        return FileResponse(path)
+
+    try:
+        from assistant.demo import install_demo_routes
+
+        install_demo_routes(fastapi_app, lambda: pipeline, settings)
+    except ImportError:
+        log.warning("demo page not available")
+
+    new_routes = fastapi_app.router.routes[first_new:]
+    del fastapi_app.router.routes[first_new:]
+    fastapi_app.router.routes[0:0] = new_routes
+
+
+_install_get_routes()
+
+
+# ------------------------------------------------------------------------------------------------
+# Conversation state
+# ------------------------------------------------------------------------------------------------
+
+
+def thread_id() -> str:
+    return cl.context.session.thread_id
+
+
+def documents() -> DocumentSet:
+    tid = thread_id()
+    if tid not in documents_by_thread:
+        state = conversations.load(tid).get("documents")
+        docs = DocumentSet(
+            backend=settings.bm25_backend.value,
+            chunk_tokens=settings.chunk_tokens,
+            chunk_overlap=settings.chunk_overlap,
+        )
+        if state:
+            try:
+                docs = DocumentSet.from_state(state)
+            except Exception as exc:  # a damaged state file must not stop the conversation
+                log.warning("could not restore uploads of %s: %s", tid, exc)
+        documents_by_thread[tid] = docs
+    return documents_by_thread[tid]
+
+
+def save_documents() -> None:
+    conversations.update(thread_id(), documents=documents().to_state())
+
+
+def session_metrics() -> SessionMetrics:
+    metrics = cl.user_session.get("metrics")
+    if metrics is None:
+        stored = conversations.load(thread_id()).get("metrics")
+        metrics = SessionMetrics.from_dict(stored) if stored else SessionMetrics()
+        cl.user_session.set("metrics", metrics)
+    return metrics
+
+
+def chat_settings_widgets(values: dict) -> list:
+    defaults = RoutingOptions.from_settings(settings)
+    mode = values.get("mode", defaults.mode.value if hasattr(defaults.mode, "value") else defaults.mode)
+    return [
+        Select(
+            id="mode",
+            label="Routing",
+            items={label: value for value, label in MODE_LABELS.items()},
+            initial_value=mode,
+            description="Which model answers. A change applies from the next message.",
+        ),
+        Slider(id="temperature", label="Temperature", initial=values.get("temperature", defaults.temperature),
+               min=0, max=1.5, step=0.1),
+        Slider(id="max_tokens", label="Max answer tokens", initial=values.get("max_tokens", defaults.max_tokens),
+               min=32, max=2048, step=32),
+        Slider(id="min_answer_chars", label="Escalate answers shorter than (chars)",
+               initial=values.get("min_answer_chars", defaults.min_answer_chars), min=0, max=400, step=10),
+        Slider(id="confidence_threshold", label="Escalate below confidence (token probability quantile)",
+               initial=values.get("confidence_threshold", defaults.confidence_threshold), min=0, max=1, step=0.05),
+    ]
+
+
+async def send_chat_settings(values: dict) -> dict:
+    chosen = await cl.ChatSettings(chat_settings_widgets(values)).send()
+    merged = {**values, **(chosen or {})}
+    cl.user_session.set("chat_settings", merged)
+    return merged
+
+
+def routing_options() -> RoutingOptions:
+    return RoutingOptions.from_settings(settings).with_overrides(cl.user_session.get("chat_settings") or {})
+
+
+async def model_status() -> str:
+    lines = []
+    for role, alias in (("small", settings.small_model), ("large", settings.large_model)):
+        try:
+            served = await client.resolve(alias, refresh=True)
+            lines.append(f"- {role}: `{served}`" + (f" (alias `{alias}`)" if served != alias else ""))
+        except ModelServerError as exc:
+            lines.append(f"- {role}: `{alias}` — **not available**: {exc}")
+    return "\n".join(lines)
+
+
+async def welcome(values: dict, resumed: bool = False) -> None:
+    mode = values.get("mode", settings.routing_mode.value)
+    report = knowledge.last_report
+    knowledge_line = f"{knowledge.document_count} files, {knowledge.chunk_count} chunks"
+    if report is not None and report.skipped:
+        skipped = "; ".join(f"`{s.path}`: {s.reason}" for s in report.skipped[:5])
+        knowledge_line += f" ({len(report.skipped)} skipped: {skipped})"
+    server_line = f"Model server: `{settings.model_endpoint}`"
+    if settings.embedded_active:
+        server_line += (
+            f" — the embedded llama.cpp model, because nothing answered at `{settings.configured_endpoint}` "
+            "(start Foundry Local with `foundry service start` to use phi-4-mini and gpt-oss-20b)"
+        )
+    text = (
+        ("**Welcome back.** " if resumed else "**Local knowledge assistant.** ")
+        + "Answers come from your documents, by models on this machine.\n\n"
+        + f"{server_line}\n{await model_status()}\n\n"
+        + f"Routing: **{MODE_LABELS.get(mode, mode)}** (change it in the settings). "
+        + f"Knowledge: {knowledge_line}.\n\n"
+        + "Attach files to ask about them (private to this conversation). "
+        "Type `/docs` to list the documents in scope, `/remove NAME` to drop an upload."
+    )
+    await cl.Message(content=text, author="assistant").send()
+
+
+# ------------------------------------------------------------------------------------------------
+# Chat lifecycle
+# ------------------------------------------------------------------------------------------------
+
+
+@cl.on_chat_start
+async def on_chat_start() -> None:
+    await asyncio.to_thread(knowledge.refresh)
+    values = await send_chat_settings({})
+    conversations.update(thread_id(), chat_settings=values)
+    await welcome(values)
+
+
+@cl.on_chat_resume
+async def on_chat_resume(thread: dict) -> None:
+    state = conversations.load(thread["id"])
+    values = await send_chat_settings(state.get("chat_settings") or {})
+    cl.user_session.set("history", state.get("history") or [])
+    docs = documents()
+    if docs.documents():
+        names = ", ".join(f"`{d.name}`" for d in docs.documents())
+        await cl.Message(content=f"Restored this conversation's uploads: {names}.", author="assistant").send()
+
+
+@cl.on_settings_update
+async def on_settings_update(values: dict) -> None:
+    merged = {**(cl.user_session.get("chat_settings") or {}), **values}
+    cl.user_session.set("chat_settings", merged)
+    conversations.update(thread_id(), chat_settings=merged)
+    mode = merged.get("mode", settings.routing_mode.value)
+    await cl.Message(content=f"Settings saved. Routing from the next message: **{MODE_LABELS.get(mode, mode)}**.",
+                     author="assistant").send()
+
+
+@cl.on_stop
+async def on_stop() -> None:
+    log.info("user pressed stop in %s", thread_id())
+
+
+@cl.on_message
+async def on_message(message: cl.Message) -> None:
+    # After an edit, Chainlit re-runs this handler without registering it as the current task; Stop needs it.
+    cl.context.session.current_task = asyncio.current_task()
+    text = (message.content or "").strip()
+
+    if message.elements:
+        await handle_uploads(message.elements)
+    if text.startswith("/docs"):
+        await list_documents()
+        return
+    if text.startswith("/remove"):
+        await remove_document(text[len("/remove"):].strip())
+        return
+    if not text:
+        return
+    await answer(text)
+
+
+async def answer(question: str) -> None:
+    history = cl.user_session.get("history") or []
+    options = routing_options()
+    message: cl.Message | None = None
+    streamed = ""
+    finished: TurnFinished | None = None
+    notices: list[Notice] = []
+    try:
+        async for event in pipeline.run(question, history=history, options=options, documents=documents()):
+            if isinstance(event, SourcesFound):
+                await ui.show_retrieval(event, options.min_source_score)
+            elif isinstance(event, PromptBuilt):
+                pass
+            elif isinstance(event, AnswerStarted):
+                message = cl.Message(content="", author=event.model)
+                streamed = ""
+            elif isinstance(event, Token):
+                streamed += event.text
+                await message.stream_token(event.text)
+            elif isinstance(event, Escalated):
+                if message is not None and streamed:
+                    await message.remove()
+                title = f"escalated: {event.reason}" + (" (stopped early)" if event.early else "")
+                async with cl.Step(name=title, type="llm", default_open=False, show_input=False) as step:
+                    step.output = f"Draft by `{event.from_model}`:\n\n{event.draft or '(empty)'}"
+                message, streamed = None, ""
+            elif isinstance(event, Notice):
+                notices.append(event)
+            elif isinstance(event, TurnFinished):
+                finished = event
+    except asyncio.CancelledError:
+        stopped = (streamed + "\n\n*Stopped by you; the text above is what the model had written.*").strip()
+        if message is None:
+            message = cl.Message(content="", author="assistant")
+        message.content = stopped
+        await message.send()
+        remember(question, streamed)
+        raise
+
+    await finish_answer(question, message, finished, notices)
+
+
+async def finish_answer(question, message, finished: TurnFinished | None, notices: list[Notice]) -> None:
+    if finished is None:  # the pipeline always ends with TurnFinished; this guards a bug, not a user path
+        finished = TurnFinished(text="", answered_by=None, metrics=TurnMetrics())
+    if message is None:
+        message = cl.Message(content="", author=finished.answered_by or "assistant")
+    body = finished.text
+    for notice in notices:
+        icon = {"error": "❌", "warning": "⚠️"}.get(notice.level, "ℹ️")
+        body += f"\n\n> {icon} {notice.message}"
+    sources_line, elements = ui.source_elements(finished)
+    footer = f"*Answered by `{finished.answered_by}`*" if finished.answered_by else "*No model answered.*"
+    if sources_line:
+        footer += f"\n\n{sources_line}"
+    metrics = session_metrics()
+    if finished.metrics.legs:
+        metrics.add(finished.metrics)
+    message.content = body.strip() + ui.ANSWER_FOOTER + footer
+    message.elements = elements + [ui.metrics_element(finished.metrics, metrics.total_cost_usd)]
+    message.actions = [cl.Action(name="latency_chart", payload={}, label="Latency chart", icon="chart-column")]
+    # send() ends a stream and persists the message; for a message that streamed nothing it creates it.
+    await message.send()
+    remember(question, finished.text)
+    conversations.update(thread_id(), metrics=metrics.to_dict())
+
+
+def remember(question: str, answer_text: str) -> None:
+    history = cl.user_session.get("history") or []
+    history = history + [{"role": "user", "content": question}, {"role": "assistant", "content": answer_text}]
+    cl.user_session.set("history", history)
+    conversations.update(thread_id(), history=history)
+
+
+# ------------------------------------------------------------------------------------------------
+# Uploads
+# ------------------------------------------------------------------------------------------------
+
+
+async def handle_uploads(elements: list) -> None:
+    docs = documents()
+    limit_bytes = int(settings.upload_max_mb * 1024 * 1024)
+    for element in elements:
+        name = element.name or "unnamed file"
+        path = getattr(element, "path", None)
+        if not path:
+            continue
+        try:
+            stored = await asyncio.to_thread(save_upload, Path(path), settings.data_dir / "uploads" / thread_id(), limit_bytes)
+            added = await asyncio.to_thread(docs.add_file, stored, name)
+        except (UploadError, LoadError) as exc:
+            await cl.Message(content=f"❌ **{name}** was not added: {exc}", author="assistant").send()
+            continue
+        pages = f"{added.pages} pages, " if added.pages else ""
+        actions = [
+            cl.Action(name="share_document", payload={"name": added.name, "path": str(stored)},
+                      label="Add to shared knowledge", icon="share"),
+            cl.Action(name="remove_document", payload={"name": added.name}, label="Remove", icon="trash"),
+        ]
+        await cl.Message(
+            content=f"📄 **{added.name}** is ready for this conversation: {pages}{added.chunks} chunks, "
+            f"{added.tokens} tokens. Only this conversation can search it.",
+            actions=actions,
+            author="assistant",
+        ).send()
+    save_documents()
+
+
+async def list_documents() -> None:
+    docs = documents().documents()
+    lines = [f"**Shared knowledge** (`{settings.knowledge_dir.name}/`): {knowledge.document_count} files, "
+             f"{knowledge.chunk_count} chunks."]
+    for source in knowledge.sources()[:50]:
+        lines.append(f"- {source}")
+    lines.append("\n**This conversation's uploads:**" if docs else "\nNo uploads in this conversation.")
+    for doc in docs:
+        lines.append(f"- `{doc.name}`: {doc.chunks} chunks" + (f", {doc.pages} pages" if doc.pages else ""))
+    await cl.Message(content="\n".join(lines), author="assistant").send()
+
+
+async def remove_document(name: str) -> None:
+    if not name:
+        await cl.Message(content="Say which upload to remove: `/remove NAME` (see `/docs`).", author="assistant").send()
+        return
+    removed = documents().remove(name)
+    save_documents()
+    text = f"Removed **{name}** from this conversation." if removed else f"No upload named **{name}** here (see `/docs`)."
+    await cl.Message(content=text, author="assistant").send()
+
+
+@cl.action_callback("remove_document")
+async def on_remove_document(action: cl.Action) -> None:
+    await remove_document(action.payload.get("name", ""))
+
+
+@cl.action_callback("share_document")
+async def on_share_document(action: cl.Action) -> None:
+    name = action.payload.get("name", "")
+    source = Path(action.payload.get("path", ""))
+    uploads_root = (settings.data_dir / "uploads").resolve()
+    if uploads_root not in source.resolve().parents:
+        await cl.Message(content="That upload is not available any more.", author="assistant").send()
+        return
+    try:
+        target, created = await asyncio.to_thread(share_document, source, name, settings.knowledge_dir / "uploads")
+    except UploadError as exc:
+        await cl.Message(content=f"❌ Could not share **{name}**: {exc}", author="assistant").send()
+        return
+    await asyncio.to_thread(knowledge.refresh)
+    where = target.relative_to(settings.knowledge_dir)
+    text = (f"**{name}** is now shared knowledge (`{where}`), searchable in every conversation."
+            if created else f"**{name}** was already in the shared knowledge (`{where}`).")
+    await cl.Message(content=text, author="assistant").send()
+
+
+# ------------------------------------------------------------------------------------------------
+# Session view
+# ------------------------------------------------------------------------------------------------
+
+
+@cl.action_callback("latency_chart")
+async def on_latency_chart(action: cl.Action) -> None:
+    metrics = session_metrics()
+    if not metrics.turns:
+        await cl.Message(content="No answers measured yet in this conversation.", author="assistant").send()
+        return
+    rows = summary_rows(metrics)
+    table = ["| model | answers | mean total | p95 total | mean TTFT | p95 TTFT | mean tok/s |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        table.append(
+            f"| `{row['model']}` | {row['count']} | {row['mean_total_ms']:.0f} ms | {row['p95_total_ms']:.0f} ms | "
+            f"{row['mean_ttft_ms']:.0f} ms | {row['p95_ttft_ms']:.0f} ms | "
+            + (f"{row['mean_tokens_per_s']:.1f}" if row.get("mean_tokens_per_s") else "–") + " |"
+        )
+    chart = cl.Plotly(name="Latency per message", figure=latency_figure(metrics), display="inline")
+    await cl.Message(
+        content="Latency per message (retrieval, waiting for the first token, generation), by model.\n\n"
+        + "\n".join(table)
+        + f"\n\nSimulated cloud cost of this conversation: ${metrics.total_cost_usd:.6f}.",
+        elements=[chart],
+        author="assistant",
+    ).send()

@@ -1,0 +1,171 @@
+"""Chat history on SQLite (or PostgreSQL): the schema Chainlit's SQLAlchemy data layer expects, and a
+local file store so message elements persist too.
+
+Chainlit's ``SQLAlchemyDataLayer`` does not create its tables; ``ensure_schema`` creates them and adds
+columns a newer Chainlit writes (e.g. ``steps.defaultOpen``), idempotently, on every start.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+# Column name -> SQL type. TEXT holds JSON (metadata, props, generation) as Chainlit serialises it.
+SCHEMA: dict[str, dict[str, str]] = {
+    "users": {
+        "id": "TEXT PRIMARY KEY",
+        "identifier": "TEXT NOT NULL UNIQUE",
+        "metadata": "TEXT NOT NULL",
+        "createdAt": "TEXT",
+    },
+    "threads": {
+        "id": "TEXT PRIMARY KEY",
+        "createdAt": "TEXT",
+        "name": "TEXT",
+        "userId": "TEXT",
+        "userIdentifier": "TEXT",
+        "tags": "TEXT",
+        "metadata": "TEXT",
+    },
+    "steps": {
+        "id": "TEXT PRIMARY KEY",
+        "name": "TEXT NOT NULL",
+        "type": "TEXT NOT NULL",
+        "threadId": "TEXT NOT NULL",
+        "parentId": "TEXT",
+        "streaming": "BOOLEAN",
+        "waitForAnswer": "BOOLEAN",
+        "isError": "BOOLEAN",
+        "metadata": "TEXT",
+        "tags": "TEXT",
+        "input": "TEXT",
+        "output": "TEXT",
+        "createdAt": "TEXT",
+        "command": "TEXT",
+        "modes": "TEXT",
+        "start": "TEXT",
+        "end": "TEXT",
+        "generation": "TEXT",
+        "showInput": "TEXT",
+        "language": "TEXT",
+        "indent": "INT",
+        "defaultOpen": "BOOLEAN",
+        "autoCollapse": "BOOLEAN",
+        "icon": "TEXT",
+    },
+    "elements": {
+        "id": "TEXT PRIMARY KEY",
+        "threadId": "TEXT",
+        "type": "TEXT",
+        "url": "TEXT",
+        "chainlitKey": "TEXT",
+        "name": "TEXT NOT NULL",
+        "display": "TEXT",
+        "objectKey": "TEXT",
+        "size": "TEXT",
+        "page": "INT",
+        "language": "TEXT",
+        "forId": "TEXT",
+        "mime": "TEXT",
+        "props": "TEXT",
+        "path": "TEXT",
+        "autoPlay": "BOOLEAN",
+        "playerConfig": "TEXT",
+    },
+    "feedbacks": {
+        "id": "TEXT PRIMARY KEY",
+        "forId": "TEXT NOT NULL",
+        "threadId": "TEXT NOT NULL",
+        "value": "INT NOT NULL",
+        "comment": "TEXT",
+    },
+}
+
+
+async def ensure_schema(url: str) -> None:
+    """Create missing tables and add missing columns. Safe to run on every start."""
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            for table, columns in SCHEMA.items():
+                body = ", ".join(f'"{name}" {kind}' for name, kind in columns.items())
+                await conn.execute(text(f'CREATE TABLE IF NOT EXISTS {table} ({body})'))
+                existing = await conn.run_sync(lambda sync, t=table: _column_names(sync, t))
+                for name, kind in columns.items():
+                    if name not in existing:
+                        plain = kind.replace("PRIMARY KEY", "").replace("NOT NULL", "").replace("UNIQUE", "").strip()
+                        await conn.execute(text(f'ALTER TABLE {table} ADD COLUMN "{name}" {plain}'))
+    finally:
+        await engine.dispose()
+
+
+def _column_names(sync_conn, table: str) -> set[str]:
+    from sqlalchemy import inspect
+
+    return {column["name"] for column in inspect(sync_conn).get_columns(table)}
+
+
+_SAFE_PART = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_key(object_key: str) -> str:
+    """An object key made of safe path parts only: no '..', no absolute paths, no odd characters."""
+    parts = [_SAFE_PART.sub("_", part) for part in object_key.replace("\\", "/").split("/")]
+    parts = [part for part in parts if part not in ("", ".", "..")]
+    if not parts:
+        raise ValueError("empty object key")
+    return "/".join(parts)
+
+
+class LocalFileStorage:
+    """Chainlit storage provider that keeps element files in a local folder, served at ``url_prefix``."""
+
+    def __init__(self, root: Path, url_prefix: str = "/storage"):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.url_prefix = url_prefix.rstrip("/")
+
+    def path_for(self, object_key: str) -> Path:
+        path = (self.root / safe_key(object_key)).resolve()
+        if self.root not in path.parents:
+            raise ValueError("object key outside the storage folder")
+        return path
+
+    async def upload_file(
+        self, object_key: str, data: bytes | str, mime: str = "application/octet-stream", overwrite: bool = True,
+        content_disposition: str | None = None,
+    ) -> dict[str, Any]:
+        key = safe_key(object_key)
+        path = self.path_for(key)
+        if path.exists() and not overwrite:
+            return {"object_key": key, "url": f"{self.url_prefix}/{key}"}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = data.encode("utf-8") if isinstance(data, str) else data
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+        os.replace(tmp, path)
+        return {"object_key": key, "url": f"{self.url_prefix}/{key}"}
+
+    async def delete_file(self, object_key: str) -> bool:
+        try:
+            self.path_for(object_key).unlink()
+            return True
+        except (FileNotFoundError, ValueError):
+            return False
+
+    async def get_read_url(self, object_key: str) -> str:
+        return f"{self.url_prefix}/{safe_key(object_key)}"
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,63 @@
+import { Badge } from "@/components/ui/badge";
+import { useState } from "react";
+
+function ms(value) {
+  if (value === null || value === undefined) return "–";
+  return value >= 1000 ? `${(value / 1000).toFixed(2)} s` : `${Math.round(value)} ms`;
+}
+
+function usd(value) {
+  if (!value) return "$0";
+  return value < 0.01 ? `$${value.toFixed(6)}` : `$${value.toFixed(4)}`;
+}
+
+function tokens(value, estimated) {
+  return `${estimated ? "~" : ""}${value ?? 0}`;
+}
+
+export default function MetricsBar() {
+  const [open, setOpen] = useState(false);
+  const legs = props.legs || [];
+  const rate = props.decode_tokens_per_s;
+  return (
+    <div className="flex flex-col gap-1 text-xs" data-testid="metrics-bar">
+      <div className="flex flex-wrap items-center gap-1">
+        <Badge variant="default" data-testid="metrics-model">{props.answered_by || "no model"}</Badge>
+        {props.escalation_reason ? (
+          <Badge variant="destructive" data-testid="metrics-escalation">escalated: {props.escalation_reason}</Badge>
+        ) : null}
+        <Badge variant="outline" data-testid="metrics-ttft">TTFT {ms(props.ttft_ms)}</Badge>
+        <Badge variant="outline">total {ms(props.total_ms)}</Badge>
+        <Badge variant="outline" data-testid="metrics-rate">{rate ? `${rate.toFixed(1)} tok/s` : "tok/s –"}</Badge>
+        <Badge variant="outline" data-testid="metrics-tokens">
+          {tokens(props.prompt_tokens, props.tokens_estimated)} in / {tokens(props.completion_tokens, props.tokens_estimated)} out
+        </Badge>
+        <Badge variant="secondary" data-testid="metrics-cost">cloud {usd(props.cost_usd)}</Badge>
+        <button className="underline opacity-70" onClick={() => setOpen(!open)} data-testid="metrics-details-toggle">
+          {open ? "less" : "details"}
+        </button>
+      </div>
+      {open ? (
+        <div className="flex flex-col gap-0.5 opacity-80" data-testid="metrics-details">
+          <div>
+            retrieval {ms(props.retrieval_ms)} · prompt {ms(props.prompt_ms)} · generation {ms(props.generation_ms)} ·
+            session total {usd(props.session_cost_usd)}
+            {props.confidence === null || props.confidence === undefined
+              ? " · confidence unavailable (no logprobs)"
+              : ` · confidence ${props.confidence.toFixed(2)}`}
+          </div>
+          {legs.map((leg, i) => (
+            <div key={i}>
+              {leg.role} · {leg.model} · {leg.outcome}
+              {leg.reason ? ` (${leg.reason})` : ""} · TTFT {ms(leg.ttft_ms)} · gen {ms(leg.generation_ms)} · total{" "}
+              {ms(leg.total_ms)} · {tokens(leg.prompt_tokens, leg.tokens_estimated)}/
+              {tokens(leg.completion_tokens, leg.tokens_estimated)} tok ·{" "}
+              {leg.decode_tokens_per_s ? `${leg.decode_tokens_per_s.toFixed(1)} tok/s` : "tok/s –"} · {usd(leg.cost_usd)}
+            </div>
+          ))}
+          {props.tokens_estimated ? <div>~ token counts estimated with tiktoken (the server sent no usage)</div> : null}
+        </div>
+      ) : null}
+    </div>
+  );
+}

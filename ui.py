@@ -1,0 +1,61 @@
+"""Chainlit rendering of the pipeline's events: retrieval steps, source elements, the metrics bar."""
+
+from __future__ import annotations
+
+import chainlit as cl
+
+from assistant.events import SourcesFound, TurnFinished
+from rag.types import ScoredChunk
+from routing.metrics import TurnMetrics
+
+ANSWER_FOOTER = "\n\n---\n"
+SNIPPET_CHARS = 160
+
+
+def source_label(number: int, scored: ScoredChunk) -> str:
+    return f"[{number}] {scored.chunk.location}"
+
+
+async def show_retrieval(event: SourcesFound, min_score: float) -> None:
+    async with cl.Step(name="Retrieval", type="retrieval", default_open=False) as step:
+        step.input = event.query
+        if not event.sources:
+            step.output = f"No source matched the question ({event.retrieval_ms:.1f} ms)."
+            return
+        rows = ["| # | score | source | excerpt |", "|---|---|---|---|"]
+        for i, scored in enumerate(event.sources, start=1):
+            excerpt = " ".join(scored.chunk.text.split())[:SNIPPET_CHARS].replace("|", "\\|")
+            weak = "" if scored.score >= min_score else " (weak)"
+            rows.append(f"| {i} | {scored.score:.2f}{weak} | {scored.chunk.location} | {excerpt}… |")
+        rows.append(f"\n{len(event.sources)} sources in {event.retrieval_ms:.1f} ms.")
+        step.output = "\n".join(rows)
+
+
+def source_elements(finished: TurnFinished) -> tuple[str, list[cl.Text]]:
+    """The 'Sources' footer line and one side-panel element per cited source (all used sources if none cited)."""
+    if not finished.sources_used:
+        return "", []
+    numbers = [n for n in finished.cited if 1 <= n <= len(finished.sources_used)]
+    if not numbers:
+        numbers = list(range(1, len(finished.sources_used) + 1))
+    elements, labels = [], []
+    for number in numbers:
+        scored = finished.sources_used[number - 1]
+        label = source_label(number, scored)
+        labels.append(label)
+        heading = f"**{scored.chunk.title}** — {scored.chunk.location} (chunk {scored.chunk.position + 1}, score {scored.score:.2f})"
+        elements.append(cl.Text(name=label, content=f"{heading}\n\n{scored.chunk.text}", display="side"))
+    title = "Cited sources" if finished.cited else "Sources given to the model (none cited)"
+    return f"{title}: " + ", ".join(labels), elements
+
+
+def metrics_props(metrics: TurnMetrics, session_cost_usd: float) -> dict:
+    props = metrics.to_dict()
+    final_leg = metrics.legs[-1] if metrics.legs else None
+    props["decode_tokens_per_s"] = final_leg.decode_tokens_per_s if final_leg else None
+    props["session_cost_usd"] = session_cost_usd
+    return props
+
+
+def metrics_element(metrics: TurnMetrics, session_cost_usd: float) -> cl.CustomElement:
+    return cl.CustomElement(name="MetricsBar", props=metrics_props(metrics, session_cost_usd), display="inline")
