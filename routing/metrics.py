@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from routing.client import Response, Usage
 
@@ -68,6 +68,11 @@ class LegMetrics:
             reason=reason,
         )
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "LegMetrics":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
 
 @dataclass
 class TurnMetrics:
@@ -117,3 +122,213 @@ class TurnMetrics:
             generation_ms=self.generation_ms,
         )
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TurnMetrics":
+        """Inverse of :meth:`to_dict`; derived values in the dict are ignored, unknown keys too."""
+        names = {f.name for f in fields(cls)} - {"legs"}
+        turn = cls(**{k: v for k, v in data.items() if k in names})
+        turn.legs = [LegMetrics.from_dict(leg) for leg in data.get("legs") or []]
+        return turn
+
+    @property
+    def answering_leg(self) -> LegMetrics | None:
+        """The leg whose text the user got: the last one that answered, else the last one of the answering model."""
+        for leg in reversed(self.legs):
+            if leg.outcome == "answered":
+                return leg
+        for leg in reversed(self.legs):
+            if self.answered_by is not None and leg.model == self.answered_by:
+                return leg
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# A conversation's metrics: running cost, per-model statistics, a latency chart
+# --------------------------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-th percentile (0-100) with linear interpolation between closest ranks (numpy's default)."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    position = (len(ordered) - 1) * q / 100.0
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+@dataclass
+class ModelStats:
+    """Answers of one served model in a session.
+
+    ``count`` answers; latency is the whole turn the user waited (retrieval included); TTFT and decode rate
+    are those of the answering call itself. ``calls`` counts every call to the model (escalated drafts and
+    failures too) and ``cost_usd`` sums their simulated cost.
+    """
+
+    model: str
+    count: int = 0
+    calls: int = 0
+    mean_total_ms: float | None = None
+    p95_total_ms: float | None = None
+    mean_ttft_ms: float | None = None
+    p95_ttft_ms: float | None = None
+    mean_tokens_per_s: float | None = None
+    p95_tokens_per_s: float | None = None
+    cost_usd: float = 0.0
+    tokens_estimated: bool = False
+
+
+NO_ANSWER = "(no answer)"
+
+
+@dataclass
+class SessionMetrics:
+    """Every measured turn of one conversation, in order."""
+
+    turns: list[TurnMetrics] = field(default_factory=list)
+
+    def add(self, turn: TurnMetrics) -> None:
+        self.turns.append(turn)
+
+    @property
+    def total_cost_usd(self) -> float:
+        return sum(turn.cost_usd for turn in self.turns)
+
+    def model_stats(self) -> dict[str, ModelStats]:
+        """Per answering model, in the order models first answered."""
+        answers: dict[str, list[TurnMetrics]] = {}
+        for turn in self.turns:
+            if turn.answered_by is not None:
+                answers.setdefault(turn.answered_by, []).append(turn)
+        stats = {model: ModelStats(model=model) for model in answers}
+        for turn in self.turns:
+            for leg in turn.legs:
+                entry = stats.setdefault(leg.model, ModelStats(model=leg.model))
+                entry.calls += 1
+                entry.cost_usd += leg.cost_usd
+                entry.tokens_estimated = entry.tokens_estimated or leg.tokens_estimated
+        for model, turns in answers.items():
+            entry = stats[model]
+            legs = [turn.answering_leg for turn in turns]
+            totals = [turn.total_ms for turn in turns]
+            ttfts = [leg.ttft_ms for leg in legs if leg is not None and leg.ttft_ms is not None]
+            rates = [leg.decode_tokens_per_s for leg in legs if leg is not None and leg.decode_tokens_per_s is not None]
+            entry.count = len(turns)
+            entry.mean_total_ms, entry.p95_total_ms = mean(totals), percentile(totals, 95)
+            entry.mean_ttft_ms, entry.p95_ttft_ms = mean(ttfts), percentile(ttfts, 95)
+            entry.mean_tokens_per_s, entry.p95_tokens_per_s = mean(rates), percentile(rates, 95)
+        return stats
+
+    def to_dict(self) -> dict:
+        return {"turns": [turn.to_dict() for turn in self.turns], "total_cost_usd": self.total_cost_usd}
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "SessionMetrics":
+        return cls(turns=[TurnMetrics.from_dict(turn) for turn in (data or {}).get("turns") or []])
+
+
+def summary_rows(session: SessionMetrics) -> list[dict]:
+    """One row per model that answered: count, mean and p95 of latency and TTFT, decode rate, cost."""
+    return [asdict(stats) for stats in session.model_stats().values() if stats.count]
+
+
+@dataclass
+class LatencySegments:
+    """One message's latency split for the chart; the three parts add up to about the turn's total."""
+
+    model: str
+    retrieval_ms: float  # retrieval and prompt building
+    wait_ms: float  # from the request to the answering model's first token, escalated drafts included
+    generation_ms: float
+
+
+def latency_segments(turn: TurnMetrics) -> LatencySegments:
+    answering = turn.answering_leg
+    before = turn.legs[: turn.legs.index(answering)] if answering is not None else turn.legs
+    wait = sum(leg.total_ms or 0.0 for leg in before)
+    generation = 0.0
+    if answering is not None:
+        wait += answering.ttft_ms or 0.0
+        generation = answering.generation_ms or 0.0
+    return LatencySegments(
+        model=turn.answered_by or NO_ANSWER,
+        retrieval_ms=turn.retrieval_ms + turn.prompt_ms,
+        wait_ms=wait,
+        generation_ms=generation,
+    )
+
+
+MODEL_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+RETRIEVAL_COLOUR = "#9e9e9e"
+
+
+def latency_figure(session: SessionMetrics):
+    """Latency per message as stacked bars: retrieval (grey), waiting for the first token (light) and
+    generation (solid), coloured and grouped in the legend by the model that answered."""
+    import plotly.graph_objects as go
+
+    segments = [latency_segments(turn) for turn in session.turns]
+    labels = [f"#{i}" for i in range(1, len(segments) + 1)]
+    models = list(dict.fromkeys(s.model for s in segments))
+    colours = {model: MODEL_COLOURS[i % len(MODEL_COLOURS)] for i, model in enumerate(models)}
+    hover = "%{x}: %{y:.0f} ms<extra>%{fullData.name}</extra>"
+
+    figure = go.Figure()
+    figure.add_trace(
+        go.Bar(
+            name="retrieval + prompt",
+            x=labels,
+            y=[s.retrieval_ms for s in segments],
+            marker_color=RETRIEVAL_COLOUR,
+            hovertemplate=hover,
+        )
+    )
+    # Stacking follows trace order: every model's wait above retrieval, then its generation on top.
+    for part, opacity in (("wait", 0.45), ("generation", 1.0)):
+        for model in models:
+            mine = [(label, s) for label, s in zip(labels, segments) if s.model == model]
+            figure.add_trace(
+                go.Bar(
+                    name=f"{model} · {'first token' if part == 'wait' else 'generation'}",
+                    legendgroup=model,
+                    x=[label for label, _ in mine],
+                    y=[s.wait_ms if part == "wait" else s.generation_ms for _, s in mine],
+                    marker_color=colours[model],
+                    opacity=opacity,
+                    hovertemplate=hover,
+                )
+            )
+    figure.update_layout(
+        barmode="stack",
+        title="Latency per message",
+        xaxis_title="message",
+        yaxis_title="ms",
+        legend_title="model · part",
+        xaxis={"categoryorder": "array", "categoryarray": labels},
+        margin={"l": 50, "r": 20, "t": 50, "b": 40},
+    )
+    return figure
+
+
+def format_metrics_line(turn: TurnMetrics) -> str:
+    """A compact one-line summary: model, TTFT, decode rate, tokens ("~" when estimated), simulated cost."""
+    leg = turn.answering_leg
+    parts = [turn.answered_by or NO_ANSWER]
+    if turn.escalation_reason:
+        parts[0] += f" (escalated: {turn.escalation_reason})"
+    if turn.ttft_ms is not None:
+        parts.append(f"TTFT {turn.ttft_ms:.0f} ms")
+    if leg is not None and leg.decode_tokens_per_s is not None:
+        parts.append(f"{leg.decode_tokens_per_s:.1f} tok/s")
+    mark = "~" if turn.tokens_estimated else ""
+    parts.append(f"{mark}{turn.prompt_tokens} in / {mark}{turn.completion_tokens} out tokens")
+    parts.append(f"{turn.total_ms / 1000:.2f} s")
+    parts.append(f"sim. ${turn.cost_usd:.6f}")
+    return " · ".join(parts)
