@@ -70,3 +70,6 @@ class TurnFinished:
     cited: list[int] = field(default_factory=list)  # source numbers cited as [n] in the text
     sources_used: list[ScoredChunk] = field(default_factory=list)
     cancelled: bool = False
+    # Retrieval outcome, so a front end can say "nothing in the documents matched" next to the answer.
+    supported: bool = True  # some source reached the score floor (or a reference text was given)
+    sources_found: int = 0  # sources at or above the floor (reference chunks included)

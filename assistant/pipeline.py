@@ -1,0 +1,306 @@
+"""One question, one turn: retrieve, build the grounded prompt, answer, maybe escalate. No UI code.
+
+The chat app, the demo page and the evaluation command all run this same code and render the
+events of :mod:`assistant.events`. A turn:
+
+1. retrieves from the knowledge base and the user's documents (timed), and/or takes a pasted
+   reference text as sources;
+2. builds the grounded prompt (timed) with the earlier turns;
+3. answers with the model the routing mode picks. In automatic mode the small model streams first
+   while :class:`routing.policy.EarlyMonitor` watches it; if it fires, the small stream is closed at
+   once (leaving ``async with`` closes the HTTP stream, so the server stops generating) and the large
+   model answers. At the end :func:`routing.policy.assess` decides on the finished answer. In
+   draft-then-refine mode the large model gets the draft with the sources and corrects it.
+
+Failures never raise out of :meth:`Pipeline.run`: they end the turn with a ``Notice`` and a
+``TurnFinished`` that keeps whatever text there is. ``asyncio.CancelledError`` (the user pressed
+stop) is the exception: it propagates after the upstream stream is closed, and nothing more is
+yielded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Iterable, Protocol, Sequence
+
+from assistant.events import AnswerStarted, Escalated, Notice, PromptBuilt, SourcesFound, Token, TurnFinished
+from assistant.settings import RoutingMode
+from rag.prompt import build_grounded_messages, cited_numbers, reference_text_sources
+from rag.tokens import count_tokens
+from rag.types import ScoredChunk
+from routing.client import ModelClient, ModelServerError, Response
+from routing.metrics import LegMetrics, Price, TurnMetrics, prices_from_settings
+from routing.policy import EarlyMonitor, RoutingOptions, assess, refine_reason, retrieval_supported, token_confidence
+
+REFINE_INSTRUCTION = (
+    "Above is a draft answer to my question. Check it against the numbered sources: correct anything "
+    "the sources do not support, add what it missed, and keep the [n] citations. If the sources do not "
+    "contain the answer, say so plainly. Reply with the improved answer only, not with comments on the draft."
+)
+
+
+class Retriever(Protocol):
+    async def asearch(self, query: str, k: int) -> list[ScoredChunk]: ...
+
+
+def merge_by_score(result_lists: Iterable[Sequence[ScoredChunk]], k: int) -> list[ScoredChunk]:
+    """The ``k`` best of several result lists, best first; a chunk found twice counts once."""
+    best: dict[str, ScoredChunk] = {}
+    for results in result_lists:
+        for scored in results:
+            key = f"{scored.chunk.source}\x00{scored.chunk.id}"
+            if key not in best or scored.score > best[key].score:
+                best[key] = scored
+    return sorted(best.values(), key=lambda s: s.score, reverse=True)[:k]
+
+
+@dataclass
+class _Leg:
+    """One model call of the turn, with what became of it."""
+
+    role: str
+    alias: str
+    purpose: str = "answer"
+    response: Response | None = None
+    outcome: str = "answered"
+    reason: str | None = None
+
+
+@dataclass
+class _Turn:
+    started: float
+    metrics: TurnMetrics = field(default_factory=TurnMetrics)
+    legs: list[_Leg] = field(default_factory=list)
+    sources_found: int = 0
+    supported: bool = False
+
+
+class Pipeline:
+    def __init__(self, settings, client: ModelClient, knowledge: Retriever | None = None):
+        self.settings = settings
+        self.client = client
+        self.knowledge = knowledge
+        self.prices = prices_from_settings(settings)
+
+    def aliases(self) -> dict[str, str]:
+        return {"small": self.settings.small_model, "large": self.settings.large_model}
+
+    # ------------------------------------------------------------------------------------ turn
+    async def run(
+        self,
+        question: str,
+        *,
+        history: Sequence[dict] = (),
+        options: RoutingOptions | None = None,
+        documents: Sequence[Retriever] | None = None,
+        reference_text: str | None = None,
+        retrieve: bool | None = None,
+    ) -> AsyncIterator[object]:
+        """Yield the events of one turn (see :mod:`assistant.events` for their order).
+
+        ``documents``: extra retrievers (the user's uploads), searched with the knowledge base and
+        merged by score. ``reference_text``: pasted text whose chunks are sources [1].. in reading
+        order; with it, retrieval runs only if ``retrieve=True`` (default: retrieve when there is no
+        reference text).
+        """
+        options = options or RoutingOptions.from_settings(self.settings)
+        turn = _Turn(started=time.perf_counter())
+        aliases = self.aliases()
+
+        # 1. sources
+        t0 = time.perf_counter()
+        should_retrieve = retrieve if retrieve is not None else not reference_text
+        retrieved: list[ScoredChunk] = []
+        retrievers = [r for r in ([self.knowledge] if self.knowledge is not None else []) + list(documents or [])]
+        notices: list[Notice] = []
+        if should_retrieve and retrievers:
+            results = await asyncio.gather(
+                *(r.asearch(question, self.settings.top_k) for r in retrievers), return_exceptions=True
+            )
+            good = []
+            for result in results:
+                if isinstance(result, BaseException):
+                    if not isinstance(result, Exception):
+                        raise result
+                    notices.append(Notice("warning", f"A document search failed: {result}"))
+                else:
+                    good.append(result)
+            retrieved = merge_by_score(good, self.settings.top_k)
+        reference = reference_text_sources(reference_text, self.settings.chunk_tokens) if reference_text else []
+        turn.metrics.retrieval_ms = (time.perf_counter() - t0) * 1000
+        supported_retrieved = [s for s in retrieved if s.score >= options.min_source_score]
+        turn.supported = bool(reference) or retrieval_supported(retrieved, options.min_source_score)
+        turn.sources_found = len(reference) + len(supported_retrieved)
+        yield SourcesFound(
+            query=question,
+            sources=reference + retrieved,
+            retrieval_ms=turn.metrics.retrieval_ms,
+            supported=turn.supported,
+        )
+
+        # 2. prompt: only sources that support the question; none -> the prompt says "say so".
+        t0 = time.perf_counter()
+        prompt_sources = reference + supported_retrieved
+        grounded = build_grounded_messages(
+            question,
+            prompt_sources,
+            history=list(history),
+            context_window=self.settings.context_window,
+            max_answer_tokens=options.max_tokens,
+            history_budget=self.settings.history_token_budget,
+        )
+        turn.metrics.prompt_ms = (time.perf_counter() - t0) * 1000
+        sources_used = grounded.sources_used
+        yield PromptBuilt(sources_used=sources_used, prompt_tokens=grounded.prompt_tokens, prompt_ms=turn.metrics.prompt_ms)
+
+        # 3. answer
+        mode = RoutingMode(options.mode)
+        final: _Leg | None = None
+        if mode is RoutingMode.LARGE_ONLY:
+            large = _Leg("large", aliases["large"])
+            turn.legs.append(large)
+            async for event in self._answer(large, grounded.messages, options, None):
+                yield event
+            final = large
+            if large.outcome == "failed":
+                notices.append(Notice("error", large.reason or "The large model failed."))
+            turn.metrics.confidence = _confidence(large, options)
+        else:
+            small = _Leg("small", aliases["small"])
+            turn.legs.append(small)
+            monitor = (
+                EarlyMonitor(options, supported=turn.supported)
+                if mode in (RoutingMode.AUTOMATIC, RoutingMode.DRAFT_THEN_REFINE)
+                else None
+            )
+            async for event in self._answer(small, grounded.messages, options, monitor):
+                yield event
+            final = small
+            if small.outcome == "failed":
+                notices.append(Notice("error", small.reason or "The small model failed."))
+            else:
+                escalation, early, purpose = self._decide(mode, small, monitor, prompt_sources, options, turn)
+                if escalation:
+                    small.outcome, small.reason = "escalated", escalation
+                    turn.metrics.escalation_reason = escalation
+                    yield Escalated(
+                        reason=escalation,
+                        from_model=small.response.model,
+                        to_alias=aliases["large"],
+                        draft=small.response.text,
+                        early=early,
+                    )
+                    large = _Leg("large", aliases["large"], purpose=purpose)
+                    turn.legs.append(large)
+                    messages = grounded.messages
+                    if purpose == "refine":
+                        messages = self._refine_messages(question, prompt_sources, history, small.response.text, options)
+                    async for event in self._answer(large, messages, options, None):
+                        yield event
+                    if large.outcome == "failed":
+                        notices.append(
+                            Notice(
+                                "warning",
+                                f"The large model ({aliases['large']}) could not answer, so the small model's "
+                                f"answer is kept. {large.reason}",
+                            )
+                        )
+                    else:
+                        final = large
+
+        for notice in notices:
+            yield notice
+
+        text = final.response.text if final and final.response else ""
+        answered_by = final.response.model if final and final.response and final.response.text else None
+        turn.metrics.answered_by = answered_by
+        turn.metrics.legs = [
+            LegMetrics.from_response(leg.role, leg.response, self._price(leg), leg.outcome, leg.reason)
+            for leg in turn.legs
+            if leg.response is not None
+        ]
+        turn.metrics.total_ms = (time.perf_counter() - turn.started) * 1000
+        yield TurnFinished(
+            text=text,
+            answered_by=answered_by,
+            metrics=turn.metrics,
+            responses=[leg.response for leg in turn.legs if leg.response is not None],
+            cited=cited_numbers(text),
+            sources_used=sources_used,
+            supported=turn.supported,
+            sources_found=turn.sources_found,
+        )
+
+    # ------------------------------------------------------------------------------- helpers
+    def _price(self, leg: _Leg) -> Price:
+        # A request that failed before its first token (refused, unreachable) is not billed.
+        if leg.outcome == "failed" and leg.response.timings.first_token is None:
+            return Price(0.0, 0.0)
+        return self.prices[leg.role]
+
+    def _decide(self, mode, small: _Leg, monitor, sources, options, turn) -> tuple[str | None, bool, str]:
+        """(escalation reason or None, stopped early, purpose of the large leg)."""
+        response = small.response
+        if monitor is not None and monitor.fired:
+            turn.metrics.confidence = monitor.confidence
+            return monitor.fired, True, "answer"
+        assessment = assess(response.text, response.token_logprobs, sources, options)
+        turn.metrics.confidence = assessment.confidence
+        if mode is RoutingMode.AUTOMATIC and assessment.escalate:
+            return assessment.reason, False, "answer"
+        if mode is RoutingMode.DRAFT_THEN_REFINE:
+            reason = refine_reason(response.text, assessment, options)
+            if reason:
+                return reason, False, "refine"
+        return None, False, "answer"
+
+    def _refine_messages(self, question, sources, history, draft: str, options: RoutingOptions) -> list[dict]:
+        """The grounded prompt, then the draft as the assistant's turn, then the request to improve it."""
+        extra = count_tokens(draft) + count_tokens(REFINE_INSTRUCTION) + 16
+        grounded = build_grounded_messages(
+            question,
+            sources,
+            history=list(history),
+            context_window=self.settings.context_window,
+            max_answer_tokens=options.max_tokens + extra,
+            history_budget=self.settings.history_token_budget,
+        )
+        return grounded.messages + [
+            {"role": "assistant", "content": draft},
+            {"role": "user", "content": REFINE_INSTRUCTION},
+        ]
+
+    async def _answer(self, leg: _Leg, messages: list[dict], options: RoutingOptions, monitor) -> AsyncIterator[object]:
+        """Stream one leg as AnswerStarted + Tokens; record its Response and outcome on ``leg``.
+
+        A server failure is recorded (outcome "failed", reason = the client's message), not raised.
+        CancelledError propagates; the ``async with`` has closed the stream by then.
+        """
+        stream = self.client.stream(
+            leg.alias, messages, temperature=options.temperature, max_tokens=options.max_tokens, logprobs=True
+        )
+        leg.response = stream.response
+        try:
+            async with stream:
+                yield AnswerStarted(role=leg.role, alias=leg.alias, model=stream.response.model, purpose=leg.purpose)
+                async for delta in stream:
+                    yield Token(text=delta, role=leg.role)
+                    if monitor is not None and monitor.feed(delta, stream.response.token_logprobs):
+                        break  # leaving the async with closes the upstream stream
+        except asyncio.CancelledError:
+            leg.outcome = "cancelled"
+            raise
+        except ModelServerError as exc:
+            leg.outcome, leg.reason = "failed", str(exc)
+            if exc.partial is not None:
+                leg.response = exc.partial
+            if leg.response.error is None:
+                leg.response.error = str(exc)
+
+
+def _confidence(leg: _Leg, options: RoutingOptions) -> float | None:
+    if leg.response is None:
+        return None
+    return token_confidence(leg.response.token_logprobs, options.confidence_quantile)
