@@ -23,10 +23,11 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Iterable, Protocol, Sequence
+from typing import AsyncIterator, Protocol, Sequence
 
 from assistant.events import AnswerStarted, Escalated, Notice, PromptBuilt, SourcesFound, Token, TurnFinished
 from assistant.settings import RoutingMode
+from rag.index import asearch_many
 from rag.prompt import build_grounded_messages, cited_numbers, reference_text_sources
 from rag.tokens import count_tokens
 from rag.types import ScoredChunk
@@ -42,18 +43,9 @@ REFINE_INSTRUCTION = (
 
 
 class Retriever(Protocol):
-    async def asearch(self, query: str, k: int) -> list[ScoredChunk]: ...
+    """What :func:`rag.index.asearch_many` searches: a KnowledgeBase, an upload's ChunkIndex."""
 
-
-def merge_by_score(result_lists: Iterable[Sequence[ScoredChunk]], k: int) -> list[ScoredChunk]:
-    """The ``k`` best of several result lists, best first; a chunk found twice counts once."""
-    best: dict[str, ScoredChunk] = {}
-    for results in result_lists:
-        for scored in results:
-            key = f"{scored.chunk.source}\x00{scored.chunk.id}"
-            if key not in best or scored.score > best[key].score:
-                best[key] = scored
-    return sorted(best.values(), key=lambda s: s.score, reverse=True)[:k]
+    def search(self, query: str, k: int) -> list[ScoredChunk]: ...
 
 
 @dataclass
@@ -101,7 +93,7 @@ class Pipeline:
         """Yield the events of one turn (see :mod:`assistant.events` for their order).
 
         ``documents``: extra retrievers (the user's uploads), searched with the knowledge base and
-        merged by score. ``reference_text``: pasted text whose chunks are sources [1].. in reading
+        merged by :func:`rag.index.asearch_many` (rank fusion; each chunk keeps its own BM25 score). ``reference_text``: pasted text whose chunks are sources [1].. in reading
         order; with it, retrieval runs only if ``retrieve=True`` (default: retrieve when there is no
         reference text).
         """
@@ -113,21 +105,14 @@ class Pipeline:
         t0 = time.perf_counter()
         should_retrieve = retrieve if retrieve is not None else not reference_text
         retrieved: list[ScoredChunk] = []
-        retrievers = [r for r in ([self.knowledge] if self.knowledge is not None else []) + list(documents or [])]
+        # The conversation's documents first: rag's fusion gives ties to the retriever listed first.
+        retrievers = [*(documents or []), *([self.knowledge] if self.knowledge is not None else [])]
         notices: list[Notice] = []
         if should_retrieve and retrievers:
-            results = await asyncio.gather(
-                *(r.asearch(question, self.settings.top_k) for r in retrievers), return_exceptions=True
-            )
-            good = []
-            for result in results:
-                if isinstance(result, BaseException):
-                    if not isinstance(result, Exception):
-                        raise result
-                    notices.append(Notice("warning", f"A document search failed: {result}"))
-                else:
-                    good.append(result)
-            retrieved = merge_by_score(good, self.settings.top_k)
+            try:
+                retrieved = await asearch_many(retrievers, question, self.settings.top_k)
+            except Exception as exc:  # a broken index must not lose the turn: answer without sources
+                notices.append(Notice("warning", f"The document search failed ({exc}); answering without sources."))
         reference = reference_text_sources(reference_text, self.settings.chunk_tokens) if reference_text else []
         turn.metrics.retrieval_ms = (time.perf_counter() - t0) * 1000
         supported_retrieved = [s for s in retrieved if s.score >= options.min_source_score]

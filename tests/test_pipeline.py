@@ -7,7 +7,7 @@ import time
 import pytest
 
 from assistant.events import AnswerStarted, Escalated, Notice, PromptBuilt, SourcesFound, Token, TurnFinished
-from assistant.pipeline import REFINE_INSTRUCTION, Pipeline, merge_by_score
+from assistant.pipeline import REFINE_INSTRUCTION, Pipeline
 from assistant.settings import RoutingMode, Settings
 from rag.prompt import NO_SOURCES_NOTE, REFERENCE_SOURCE
 from rag.types import Chunk, ScoredChunk
@@ -42,7 +42,7 @@ class WordOverlapRetriever:
         self.chunks = chunks
         self.queries = []
 
-    async def asearch(self, query: str, k: int) -> list[ScoredChunk]:
+    def search(self, query: str, k: int) -> list[ScoredChunk]:
         self.queries.append(query)
         words = {w.strip("?.,").lower() for w in query.split() if len(w) > 3}
         scored = [ScoredChunk(c, float(sum(w in c.text.lower() for w in words))) for c in self.chunks]
@@ -373,6 +373,19 @@ async def test_no_supporting_source_is_reported_and_the_prompt_says_so(fake):
     assert not of(events, Escalated) and end.answered_by == SMALL
 
 
+class BrokenRetriever:
+    def search(self, query, k):
+        raise OSError("index file damaged")
+
+
+async def test_a_failing_search_answers_without_sources_and_warns(fake):
+    fake.script(SMALL, answer("The documents do not cover this question."))
+    events = await collect(make_pipeline(fake, retriever=BrokenRetriever()))
+    notice = of(events, Notice)[0]
+    assert notice.level == "warning" and "index file damaged" in notice.message
+    assert not finished(events).supported and finished(events).answered_by == SMALL
+
+
 async def test_documents_are_searched_with_the_knowledge_base_and_merged(fake):
     fake.script(SMALL, answer(LONG_SMALL))
     uploads = WordOverlapRetriever([EXPENSES])
@@ -395,12 +408,6 @@ async def test_reference_text_becomes_the_sources(fake):
     assert [s.chunk.source for s in end.sources_used] == [REFERENCE_SOURCE]
     assert end.supported
     assert reference in fake.requests_for(SMALL)[0].body["messages"][-1]["content"]
-
-
-def test_merge_by_score_keeps_the_best_and_drops_duplicates():
-    a, b = ScoredChunk(VACATION, 2.0), ScoredChunk(EXPENSES, 3.0)
-    assert merge_by_score([[a], [b, ScoredChunk(VACATION, 1.0)]], k=5) == [b, a]
-    assert merge_by_score([[a], [b]], k=1) == [b]
 
 
 # ------------------------------------------------------------------------------------ metrics
