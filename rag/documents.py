@@ -1,0 +1,196 @@
+"""One conversation's uploaded documents, searchable in memory, restorable from a JSON-able state."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+from rag.bm25 import BACKENDS, DEFAULT_BACKEND
+from rag.chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP, chunk_sections
+from rag.index import ChunkIndex
+from rag.knowledge import sha256_bytes
+from rag.loaders import LoadError, load_bytes
+from rag.types import Chunk, ScoredChunk
+
+STATE_VERSION = 1
+
+
+class DuplicateDocument(LoadError):
+    """The same content (by sha256) is already in this conversation."""
+
+
+@dataclass(frozen=True)
+class AddedDocument:
+    name: str  # display name, unique within the set; used as the chunks' source
+    sha256: str
+    pages: int | None
+    chunks: int
+    tokens: int
+
+
+def clean_display_name(name: str) -> str:
+    """A display name only: the last path component, without control characters, never empty."""
+    name = re.split(r"[\\/]", str(name or ""))[-1]
+    name = "".join(char for char in name if unicodedata.category(char)[0] != "C").strip()
+    return name[:200] or "document"
+
+
+class DocumentSet:
+    """Uploaded documents of one conversation. Safe to search from several threads while adding."""
+
+    def __init__(
+        self,
+        *,
+        backend: str = DEFAULT_BACKEND,
+        chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+        chunk_overlap: int = DEFAULT_OVERLAP,
+    ):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown BM25 backend {backend!r} (choose from {', '.join(BACKENDS)})")
+        if not 0 <= chunk_overlap < chunk_tokens:
+            raise ValueError("chunk_overlap must be at least 0 and smaller than chunk_tokens")
+        self.backend = backend
+        self.chunk_tokens = chunk_tokens
+        self.chunk_overlap = chunk_overlap
+        self._documents: dict[str, tuple[AddedDocument, list[Chunk]]] = {}
+        self._index = ChunkIndex.empty(backend)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._documents)
+
+    def documents(self) -> list[AddedDocument]:
+        return [added for added, _ in self._documents.values()]
+
+    def _unique_name(self, name: str) -> str:
+        if name not in self._documents:
+            return name
+        path = Path(name)
+        number = 2
+        while f"{path.stem} ({number}){path.suffix}" in self._documents:
+            number += 1
+        return f"{path.stem} ({number}){path.suffix}"
+
+    def add_file(self, path: str | Path, display_name: str | None = None) -> AddedDocument:
+        """Read the file at ``path`` (a server-side path); ``display_name`` only names it and gives its type."""
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise LoadError(f"{clean_display_name(display_name or path.name)} could not be read ({exc.strerror or exc}).") from None
+        return self.add_bytes(data, display_name or path.name)
+
+    def add_bytes(self, data: bytes, display_name: str) -> AddedDocument:
+        name = clean_display_name(display_name)
+        digest = sha256_bytes(data)
+        self._refuse_duplicate(name, digest)
+        document = load_bytes(data, name)
+        with self._lock:
+            self._refuse_duplicate(name, digest)
+            name = self._unique_name(name)
+            chunks = chunk_sections(
+                document.sections,
+                source=name,
+                title=document.title,
+                chunk_tokens=self.chunk_tokens,
+                overlap=self.chunk_overlap,
+            )
+            if not chunks:
+                raise LoadError(f"{name} contains no text.")
+            added = AddedDocument(
+                name=name,
+                sha256=digest,
+                pages=document.pages,
+                chunks=len(chunks),
+                tokens=sum(chunk.tokens for chunk in chunks),
+            )
+            self._documents[name] = (added, chunks)
+            self._rebuild()
+        return added
+
+    def _refuse_duplicate(self, name: str, digest: str) -> None:
+        for added, _ in list(self._documents.values()):
+            if added.sha256 == digest:
+                raise DuplicateDocument(f"{name} is already in this conversation (as {added.name}).")
+
+    def remove(self, name: str) -> bool:
+        with self._lock:
+            if self._documents.pop(name, None) is None:
+                return False
+            self._rebuild()
+            return True
+
+    def _rebuild(self) -> None:
+        chunks = [chunk for _, document_chunks in self._documents.values() for chunk in document_chunks]
+        self._index = ChunkIndex.build(chunks, backend=self.backend)
+
+    def search(self, query: str, k: int = 5) -> list[ScoredChunk]:
+        return self._index.search(query, k)
+
+    async def asearch(self, query: str, k: int = 5) -> list[ScoredChunk]:
+        return await asyncio.to_thread(self.search, query, k)
+
+    # --- persistence -------------------------------------------------------------------------
+
+    def to_state(self) -> dict:
+        return {
+            "version": STATE_VERSION,
+            "chunk_tokens": self.chunk_tokens,
+            "chunk_overlap": self.chunk_overlap,
+            "documents": [
+                {
+                    "name": added.name,
+                    "sha256": added.sha256,
+                    "pages": added.pages,
+                    "chunks": [
+                        {"text": c.text, "title": c.title, "position": c.position, "page": c.page, "tokens": c.tokens}
+                        for c in chunks
+                    ],
+                }
+                for added, chunks in self._documents.values()
+            ],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict, *, backend: str = DEFAULT_BACKEND) -> "DocumentSet":
+        """Rebuild a set from :meth:`to_state` output. Raises ValueError for a state it cannot read."""
+        try:
+            if state.get("version") != STATE_VERSION:
+                raise ValueError(f"unsupported document state version {state.get('version')!r}")
+            documents = cls(
+                backend=backend, chunk_tokens=int(state["chunk_tokens"]), chunk_overlap=int(state["chunk_overlap"])
+            )
+            for entry in state["documents"]:
+                name = clean_display_name(entry["name"])
+                chunks = []
+                for item in entry["chunks"]:
+                    position = int(item["position"])
+                    page = item.get("page")
+                    chunks.append(
+                        Chunk(
+                            id=f"{name}#{position}",
+                            text=str(item["text"]),
+                            source=name,
+                            title=str(item["title"]),
+                            position=position,
+                            page=None if page is None else int(page),
+                            tokens=int(item.get("tokens", 0)),
+                        )
+                    )
+                pages = entry.get("pages")
+                added = AddedDocument(
+                    name=name,
+                    sha256=str(entry["sha256"]),
+                    pages=None if pages is None else int(pages),
+                    chunks=len(chunks),
+                    tokens=sum(chunk.tokens for chunk in chunks),
+                )
+                documents._documents[name] = (added, chunks)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"document state is incomplete ({type(exc).__name__}: {exc})") from None
+        documents._rebuild()
+        return documents
