@@ -160,11 +160,15 @@ def documents() -> DocumentSet:
         )
         if state:
             try:
-                docs = DocumentSet.from_state(state)
+                docs = DocumentSet.from_state(state, backend=settings.bm25_backend.value)
             except Exception as exc:  # a damaged state file must not stop the conversation
                 log.warning("could not restore uploads of %s: %s", tid, exc)
         documents_by_thread[tid] = docs
     return documents_by_thread[tid]
+
+
+def knowledge_sources() -> list[str]:
+    return sorted({chunk.source for chunk in knowledge.chunks})
 
 
 def save_documents() -> None:
@@ -227,9 +231,9 @@ async def model_status() -> str:
 async def welcome(values: dict, resumed: bool = False) -> None:
     mode = values.get("mode", settings.routing_mode.value)
     report = knowledge.last_report
-    knowledge_line = f"{knowledge.document_count} files, {knowledge.chunk_count} chunks"
+    knowledge_line = f"{len(knowledge_sources())} files, {knowledge.chunk_count} chunks"
     if report is not None and report.skipped:
-        skipped = "; ".join(f"`{s.path}`: {s.reason}" for s in report.skipped[:5])
+        skipped = "; ".join(f"`{s.source}`: {s.reason}" for s in report.skipped[:5])
         knowledge_line += f" ({len(report.skipped)} skipped: {skipped})"
     server_line = f"Model server: `{settings.model_endpoint}`"
     if settings.embedded_active:
@@ -417,9 +421,10 @@ async def handle_uploads(elements: list) -> None:
 
 async def list_documents() -> None:
     docs = documents().documents()
-    lines = [f"**Shared knowledge** (`{settings.knowledge_dir.name}/`): {knowledge.document_count} files, "
+    sources = knowledge_sources()
+    lines = [f"**Shared knowledge** (`{settings.knowledge_dir.name}/`): {len(sources)} files, "
              f"{knowledge.chunk_count} chunks."]
-    for source in knowledge.sources()[:50]:
+    for source in sources[:50]:
         lines.append(f"- {source}")
     lines.append("\n**This conversation's uploads:**" if docs else "\nNo uploads in this conversation.")
     for doc in docs:
@@ -467,6 +472,10 @@ async def on_share_document(action: cl.Action) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
+def fmt_ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f} ms"
+
+
 @cl.action_callback("latency_chart")
 async def on_latency_chart(action: cl.Action) -> None:
     metrics = session_metrics()
@@ -476,11 +485,9 @@ async def on_latency_chart(action: cl.Action) -> None:
     rows = summary_rows(metrics)
     table = ["| model | answers | mean total | p95 total | mean TTFT | p95 TTFT | mean tok/s |", "|---|---|---|---|---|---|---|"]
     for row in rows:
-        table.append(
-            f"| `{row['model']}` | {row['count']} | {row['mean_total_ms']:.0f} ms | {row['p95_total_ms']:.0f} ms | "
-            f"{row['mean_ttft_ms']:.0f} ms | {row['p95_ttft_ms']:.0f} ms | "
-            + (f"{row['mean_tokens_per_s']:.1f}" if row.get("mean_tokens_per_s") else "–") + " |"
-        )
+        cells = [fmt_ms(row["mean_total_ms"]), fmt_ms(row["p95_total_ms"]), fmt_ms(row["mean_ttft_ms"]),
+                 fmt_ms(row["p95_ttft_ms"]), f"{row['mean_tokens_per_s']:.1f}" if row["mean_tokens_per_s"] else "–"]
+        table.append(f"| `{row['model']}` | {row['count']} | " + " | ".join(cells) + " |")
     chart = cl.Plotly(name="Latency per message", figure=latency_figure(metrics), display="inline")
     await cl.Message(
         content="Latency per message (retrieval, waiting for the first token, generation), by model.\n\n"

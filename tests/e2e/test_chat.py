@@ -1,0 +1,70 @@
+"""The chat in a real browser, against the real Chainlit app and the real llama.cpp model."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.e2e.conftest import AppServer, ask, make_app_root, open_chat
+
+pytestmark = pytest.mark.e2e
+
+ASSISTANT = '[data-step-type="assistant_message"]'
+
+
+def last_answer(page):
+    return page.locator(ASSISTANT).last
+
+
+def wait_for_answer_footer(page, timeout_s: float = 90) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = last_answer(page).inner_text() if page.locator(ASSISTANT).count() else ""
+        if "Answered by" in text or "No model answered" in text:
+            return text
+        time.sleep(0.1)
+    raise AssertionError(f"no finished answer; page shows: {page.locator('body').inner_text()[-2000:]}")
+
+
+def test_answer_streams_token_by_token_and_finishes(page, app_server):
+    open_chat(page, app_server)
+    assert app_server.small_model in page.locator("body").inner_text()  # the welcome names the real model
+    before = page.locator(ASSISTANT).count()
+    ask(page, "Explain in a few sentences how the assistant decides to escalate to the large model.")
+
+    lengths: list[int] = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if page.locator(ASSISTANT).count() > before:
+            text = last_answer(page).inner_text()
+            if "Answered by" in text:
+                break
+            if text.strip():
+                lengths.append(len(text))
+        time.sleep(0.05)
+    final = wait_for_answer_footer(page)
+    growth = sorted(set(lengths))
+    assert len(growth) >= 3, f"the answer did not grow while streaming: {lengths[:20]}"
+    assert f"Answered by {app_server.small_model}" in final.replace("`", "")
+    bar = page.locator('[data-testid="metrics-bar"]').last
+    bar.wait_for()
+    assert "TTFT" in bar.inner_text() and "tok/s" in bar.inner_text()
+
+
+def test_unreachable_model_server_gives_a_clear_message_and_the_app_keeps_working(page, tmp_path):
+    root = make_app_root(tmp_path / "root")
+    dead = AppServer(root, "http://127.0.0.1:9/v1", "phi-4-mini", "gpt-oss-20b")
+    dead.start()
+    try:
+        open_chat(page, dead)
+        assert "not available" in page.locator("body").inner_text()
+        ask(page, "What is in the knowledge folder?")
+        text = wait_for_answer_footer(page, 30)
+        assert "Cannot reach the model server" in text
+        assert "foundry service start" in text and "ASSISTANT_MODEL_ENDPOINT" in text
+        # The app is still alive: a second question gets the same clear answer, not a crash.
+        ask(page, "/docs")
+        page.get_by_text("Shared knowledge").first.wait_for(timeout=15_000)
+    finally:
+        dead.stop()
