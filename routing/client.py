@@ -88,6 +88,15 @@ class Response:
         return (self.usage.completion_tokens - 1) / gen
 
     @property
+    def decode_chunks_per_s(self) -> float | None:
+        """Content chunks after the first, over the first-to-last token time. llama.cpp streams one token a
+        chunk, so without server usage this is closer to its real decode rate than a tiktoken estimate."""
+        gen = self.timings.generation_s
+        if gen is None or gen <= 0 or self.content_chunks < 2:
+            return None
+        return (self.content_chunks - 1) / gen
+
+    @property
     def complete(self) -> bool:
         return not self.cancelled and self.error is None
 
