@@ -1,0 +1,480 @@
+// The demo page: streams one answer from the app's /demo/api/stream (server-sent events over a POST),
+// times it in the browser and charts the last requests of each model. No libraries, no build step.
+"use strict";
+
+(() => {
+  const HISTORY = 10;
+  const ROLES = ["small", "large"];
+  const SVG_NS = "http://www.w3.org/2000/svg";
+
+  const $ = (id) => document.getElementById(id);
+  const els = {
+    form: $("demo-form"),
+    prompt: $("prompt"),
+    reference: $("reference"),
+    temperature: $("temperature"),
+    temperatureValue: $("temperature-value"),
+    maxTokens: $("max-tokens"),
+    send: $("send"),
+    stop: $("stop"),
+    status: $("status"),
+    meta: $("answer-meta"),
+    notices: $("notices"),
+    output: $("output"),
+    endpointHost: $("endpoint-host"),
+    inferenceHost: $("inference-host"),
+    webgpuFact: $("webgpu-fact"),
+    webgpuStatus: $("webgpu-status"),
+    runsBody: document.querySelector("#runs-table tbody"),
+    metric: {
+      ttft: $("m-ttft"),
+      total: $("m-total"),
+      tokens: $("m-tokens"),
+      rate: $("m-rate"),
+      serverTtft: $("m-server-ttft"),
+      prompt: $("m-prompt"),
+    },
+  };
+
+  const modelNames = { small: null, large: null };
+  const runs = []; // finished requests, oldest first: {n, role, model, ttft, total, tokens, rate, result}
+  let runCounter = 0;
+  let controller = null;
+
+  // ------------------------------------------------------------------------------ formatting
+  function fmtMs(ms) {
+    if (ms === null || ms === undefined || Number.isNaN(ms)) return "–";
+    if (ms < 1000) return `${Math.round(ms)} ms`;
+    return `${(ms / 1000).toFixed(ms < 10000 ? 2 : 1)} s`;
+  }
+
+  function fmtTick(ms, scaleMax) {
+    if (ms === 0) return "0";
+    if (scaleMax < 1000) return `${Math.round(ms)} ms`;
+    return `${Number((ms / 1000).toFixed(2))} s`;
+  }
+
+  function fmtRate(rate) {
+    return rate === null || rate === undefined ? "–" : rate.toFixed(1);
+  }
+
+  function median(values) {
+    const sorted = values.filter((v) => v !== null && v !== undefined).sort((a, b) => a - b);
+    if (!sorted.length) return null;
+    const mid = Math.floor(sorted.length / 2);
+    return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+  }
+
+  // ------------------------------------------------------------------------------ page state
+  function setStatus(state, text) {
+    els.status.dataset.state = state;
+    els.status.textContent = text;
+  }
+
+  function addNotice(level, message) {
+    const p = document.createElement("p");
+    p.className = "notice";
+    p.dataset.level = level;
+    p.textContent = message;
+    els.notices.appendChild(p);
+  }
+
+  function setBusy(busy) {
+    els.send.disabled = busy;
+    els.stop.disabled = !busy;
+    els.output.classList.toggle("streaming", busy);
+  }
+
+  function resetAnswer() {
+    els.notices.replaceChildren();
+    els.output.textContent = "";
+    for (const dd of Object.values(els.metric)) dd.textContent = "–";
+  }
+
+  function selectedRole() {
+    const checked = els.form.querySelector('input[name="role"]:checked');
+    return checked ? checked.value : "small";
+  }
+
+  // ------------------------------------------------------------------------------ server info
+  async function loadInfo() {
+    let info;
+    try {
+      const response = await fetch("/demo/api/info", { headers: { Accept: "application/json" } });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      info = await response.json();
+    } catch (err) {
+      els.endpointHost.textContent = "unknown";
+      addNotice("error", `Cannot reach this app's server (${err.message}). Is it still running?`);
+      return;
+    }
+    els.endpointHost.textContent = info.endpoint_host + (info.embedded ? " (bundled llama.cpp model)" : "");
+    els.inferenceHost.textContent = ` at ${info.endpoint_host}`;
+    let reported = false;
+    for (const role of ROLES) {
+      const entry = info.roles[role];
+      modelNames[role] = entry.model;
+      const label = entry.model || `${entry.alias} (unavailable)`;
+      $(`model-${role}`).textContent = label;
+      $(`chart-name-${role}`).textContent = label;
+      if (entry.error && !reported) {
+        addNotice("error", entry.error);
+        reported = true;
+      }
+    }
+    if (info.defaults) {
+      els.temperature.value = info.defaults.temperature;
+      els.temperatureValue.textContent = Number(info.defaults.temperature).toFixed(2);
+      els.maxTokens.value = info.defaults.max_tokens;
+    }
+    if (info.max_tokens_limit) els.maxTokens.max = info.max_tokens_limit;
+  }
+
+  async function detectWebGPU() {
+    const fact = els.webgpuFact;
+    if (!("gpu" in navigator) || !navigator.gpu) {
+      fact.dataset.webgpu = "no";
+      els.webgpuStatus.textContent = "not exposed by this browser";
+      return;
+    }
+    let adapter = null;
+    try {
+      const timeout = new Promise((resolve) => setTimeout(() => resolve(null), 2000));
+      adapter = await Promise.race([navigator.gpu.requestAdapter(), timeout]);
+    } catch (err) {
+      adapter = null;
+    }
+    fact.dataset.webgpu = adapter ? "yes" : "no-adapter";
+    els.webgpuStatus.textContent = adapter
+      ? "available in this browser (not used)"
+      : "exposed, but no GPU adapter (not used)";
+  }
+
+  // ------------------------------------------------------------------------------ streaming
+  async function readEvents(body, onEvent) {
+    const reader = body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true }).replace(/\r\n?/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        let name = "message";
+        const data = [];
+        for (const line of block.split("\n")) {
+          if (line.startsWith("event:")) name = line.slice(6).trim();
+          else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+        }
+        if (data.length) onEvent(name, JSON.parse(data.join("\n")));
+      }
+    }
+  }
+
+  async function errorMessage(response) {
+    try {
+      const data = await response.json();
+      if (data && data.error) return data.error;
+    } catch (err) {
+      // not JSON: fall through
+    }
+    return `The app answered HTTP ${response.status}.`;
+  }
+
+  function handleEvent(run, name, data) {
+    const now = performance.now();
+    switch (name) {
+      case "sources": {
+        run.sources = data.count;
+        break;
+      }
+      case "prompt": {
+        els.metric.prompt.textContent = String(data.prompt_tokens);
+        const used = data.sources_used.length;
+        const where = [...new Set(data.sources_used.map((s) => s.location))].slice(0, 3).join(", ");
+        run.sourcesNote = used ? `${used} source${used > 1 ? "s" : ""} (${where})` : "no sources matched";
+        els.meta.textContent = `Prompt built: ${run.sourcesNote}, ${data.prompt_tokens} tokens. Waiting for the model…`;
+        break;
+      }
+      case "started": {
+        run.model = data.model;
+        els.meta.textContent = `${data.model} (${data.role} model) is answering from ${run.sourcesNote || "the prompt"}.`;
+        setStatus("streaming", "Streaming");
+        break;
+      }
+      case "token": {
+        if (run.ttft === null) {
+          run.ttft = now - run.t0;
+          els.metric.ttft.textContent = fmtMs(run.ttft);
+        }
+        run.tokens += 1;
+        els.output.append(data.text);
+        els.metric.tokens.textContent = String(run.tokens);
+        const out = els.output;
+        if (out.scrollHeight - out.scrollTop - out.clientHeight < 60) out.scrollTop = out.scrollHeight;
+        break;
+      }
+      case "notice": {
+        addNotice(data.level, data.message);
+        if (data.level === "error") run.failed = true;
+        break;
+      }
+      case "done": {
+        run.total = now - run.t0;
+        run.finished = true;
+        els.metric.total.textContent = fmtMs(run.total);
+        const server = data.server;
+        if (server) {
+          if (server.completion_tokens !== null) {
+            run.tokens = server.completion_tokens;
+            els.metric.tokens.textContent = (server.tokens_estimated ? "~" : "") + server.completion_tokens;
+          }
+          run.rate = server.tokens_per_s;
+          els.metric.rate.textContent = fmtRate(server.tokens_per_s);
+          els.metric.serverTtft.textContent = fmtMs(server.ttft_ms);
+        }
+        if (data.error || run.failed) run.result = "error";
+        else if (data.cancelled) run.result = "stopped";
+        else run.result = "done";
+        if (data.answered_by) run.model = data.answered_by;
+        break;
+      }
+      default:
+        break;
+    }
+  }
+
+  async function send() {
+    if (controller) return;
+    resetAnswer();
+    const role = selectedRole();
+    const run = {
+      n: ++runCounter,
+      role,
+      model: modelNames[role],
+      t0: performance.now(),
+      ttft: null,
+      total: null,
+      tokens: 0,
+      rate: null,
+      result: "running",
+      failed: false,
+      finished: false,
+    };
+    const payload = {
+      prompt: els.prompt.value,
+      role,
+      reference_text: els.reference.value,
+      temperature: Number(els.temperature.value),
+      max_tokens: Number(els.maxTokens.value),
+    };
+    controller = new AbortController();
+    setBusy(true);
+    setStatus("waiting", "Waiting");
+    els.meta.textContent = `Sending to the ${role} model…`;
+    try {
+      const response = await fetch("/demo/api/stream", {
+        method: "POST",
+        headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+        body: JSON.stringify(payload),
+        signal: controller.signal,
+      });
+      if (!response.ok) {
+        run.result = "rejected";
+        addNotice("error", await errorMessage(response));
+        setStatus("error", "Not sent");
+        els.meta.textContent = "The app did not start this request.";
+        return;
+      }
+      await readEvents(response.body, (name, data) => handleEvent(run, name, data));
+      if (!run.finished) {
+        run.result = "error";
+        addNotice("error", "The stream ended before the answer was finished (the app's server closed it).");
+      }
+    } catch (err) {
+      if (err.name === "AbortError") {
+        run.result = "stopped";
+        run.total = performance.now() - run.t0;
+        els.metric.total.textContent = fmtMs(run.total);
+        addNotice(
+          "warning",
+          `Stopped after ${run.tokens} token${run.tokens === 1 ? "" : "s"} and ${fmtMs(run.total)}. ` +
+            "The app cancelled the request to the model server."
+        );
+      } else {
+        run.result = "error";
+        addNotice("error", `The connection to this app failed: ${err.message}`);
+      }
+    } finally {
+      controller = null;
+      setBusy(false);
+      finishRun(run);
+    }
+  }
+
+  function finishRun(run) {
+    const labels = {
+      done: ["done", "Done"],
+      stopped: ["stopped", "Stopped"],
+      error: ["error", "Error"],
+      rejected: ["error", "Not sent"],
+    };
+    const [state, text] = labels[run.result] || ["error", "Error"];
+    setStatus(state, text);
+    if (run.result === "done") {
+      els.meta.textContent = `${run.model} answered from ${run.sourcesNote || "the prompt"}.`;
+    } else if (run.result === "stopped") {
+      els.meta.textContent = `${run.model || "The model"} was stopped.`;
+    } else if (run.result === "error" && run.model) {
+      els.meta.textContent = `${run.model} could not finish the answer.`;
+    }
+    // Chart only requests that measured something comparable: finished ones, and stopped ones that streamed.
+    if (run.result === "done" || (run.result === "stopped" && run.ttft !== null)) {
+      runs.push(run);
+      renderRuns();
+    }
+  }
+
+  // ------------------------------------------------------------------------------ chart
+  function niceCeiling(value) {
+    if (value <= 0) return 100;
+    const step = niceStep(value / 4);
+    return Math.ceil(value / step) * step;
+  }
+
+  function niceStep(raw) {
+    const magnitude = 10 ** Math.floor(Math.log10(raw));
+    for (const factor of [1, 2, 2.5, 5, 10]) {
+      if (raw <= factor * magnitude) return factor * magnitude;
+    }
+    return 10 * magnitude;
+  }
+
+  function svgEl(name, attrs, text) {
+    const el = document.createElementNS(SVG_NS, name);
+    for (const [key, value] of Object.entries(attrs || {})) el.setAttribute(key, String(value));
+    if (text !== undefined) el.textContent = text;
+    return el;
+  }
+
+  function recent(role) {
+    return runs.filter((r) => r.role === role).slice(-HISTORY);
+  }
+
+  function renderChart(role, scaleMax) {
+    const svg = $(`chart-${role}`);
+    const width = Math.max(svg.clientWidth, 200);
+    const height = Math.max(svg.clientHeight, 120);
+    svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+    svg.replaceChildren();
+    const left = 48;
+    const right = 6;
+    const top = 8;
+    const bottom = 20;
+    const plotW = width - left - right;
+    const plotH = height - top - bottom;
+    const y = (ms) => top + plotH - (Math.min(ms, scaleMax) / scaleMax) * plotH;
+
+    const step = niceStep(scaleMax / 4);
+    for (let tick = 0; tick <= scaleMax + 1e-9; tick += step) {
+      const ty = y(tick);
+      svg.appendChild(svgEl("line", { class: "grid-line", x1: left, x2: width - right, y1: ty, y2: ty }));
+      svg.appendChild(svgEl("text", { x: left - 6, y: ty + 4, "text-anchor": "end" }, fmtTick(tick, scaleMax)));
+    }
+
+    const items = recent(role);
+    if (!items.length) {
+      svg.appendChild(
+        svgEl("text", { class: "empty-note", x: left + plotW / 2, y: top + plotH / 2, "text-anchor": "middle" },
+          "No requests yet")
+      );
+    }
+    const slot = plotW / HISTORY;
+    const barW = Math.max(6, Math.min(34, slot * 0.62));
+    items.forEach((run, i) => {
+      const x = left + slot * i + (slot - barW) / 2;
+      const group = svgEl("g", { class: `run${run.result === "stopped" ? " stopped" : ""}`, "data-n": run.n });
+      const total = run.total ?? 0;
+      const ttft = run.ttft ?? 0;
+      group.appendChild(svgEl("rect", { class: "bar-total", x, y: y(total), width: barW, height: Math.max(1, y(0) - y(total)), rx: 2 }));
+      group.appendChild(svgEl("rect", { class: "bar-ttft", x, y: y(ttft), width: barW, height: Math.max(1, y(0) - y(ttft)), rx: 2 }));
+      group.appendChild(svgEl("text", { x: x + barW / 2, y: height - 5, "text-anchor": "middle" }, `#${run.n}`));
+      group.appendChild(
+        svgEl("title", {},
+          `#${run.n} ${run.model || role}: first token ${fmtMs(run.ttft)}, total ${fmtMs(run.total)}, ` +
+            `${run.tokens} tokens${run.result === "stopped" ? " (stopped)" : ""}`)
+      );
+      svg.appendChild(group);
+    });
+
+    const finished = items.filter((r) => r.result === "done");
+    const summary = $(`summary-${role}`);
+    summary.textContent = items.length
+      ? `median first token ${fmtMs(median(items.map((r) => r.ttft)))}` +
+        (finished.length ? ` · median total ${fmtMs(median(finished.map((r) => r.total)))}` : "") +
+        ` · ${items.length} request${items.length > 1 ? "s" : ""}`
+      : "";
+  }
+
+  function renderCharts() {
+    const shown = ROLES.flatMap(recent);
+    const scaleMax = niceCeiling(Math.max(100, ...shown.map((r) => r.total ?? 0)));
+    for (const role of ROLES) renderChart(role, scaleMax);
+  }
+
+  function renderTable() {
+    const rows = runs.slice(-2 * HISTORY).reverse().map((run) => {
+      const tr = document.createElement("tr");
+      const cells = [
+        `#${run.n}`,
+        `${run.role} · ${run.model || "?"}`,
+        fmtMs(run.ttft),
+        fmtMs(run.total),
+        String(run.tokens),
+        fmtRate(run.rate),
+        run.result,
+      ];
+      for (const text of cells) {
+        const td = document.createElement("td");
+        td.textContent = text;
+        tr.appendChild(td);
+      }
+      return tr;
+    });
+    els.runsBody.replaceChildren(...rows);
+  }
+
+  function renderRuns() {
+    renderCharts();
+    renderTable();
+  }
+
+  // ------------------------------------------------------------------------------ wiring
+  els.form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    send();
+  });
+  els.form.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      send();
+    }
+  });
+  els.stop.addEventListener("click", () => {
+    if (controller) controller.abort();
+  });
+  els.temperature.addEventListener("input", () => {
+    els.temperatureValue.textContent = Number(els.temperature.value).toFixed(2);
+  });
+  if ("ResizeObserver" in window) {
+    new ResizeObserver(() => renderCharts()).observe(document.querySelector(".charts"));
+  }
+  window.addEventListener("resize", renderCharts);
+
+  renderCharts();
+  loadInfo();
+  detectWebGPU();
+})();
