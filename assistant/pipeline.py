@@ -86,13 +86,13 @@ class Pipeline:
         *,
         history: Sequence[dict] = (),
         options: RoutingOptions | None = None,
-        documents: Sequence[Retriever] | None = None,
+        documents: Retriever | Sequence[Retriever] | None = None,
         reference_text: str | None = None,
         retrieve: bool | None = None,
     ) -> AsyncIterator[object]:
         """Yield the events of one turn (see :mod:`assistant.events` for their order).
 
-        ``documents``: extra retrievers (the user's uploads), searched with the knowledge base and
+        ``documents``: the user's uploads (one retriever, e.g. a DocumentSet, or a list), searched with the knowledge base and
         merged by :func:`rag.index.asearch_many` (rank fusion; each chunk keeps its own BM25 score). ``reference_text``: pasted text whose chunks are sources [1].. in reading
         order; with it, retrieval runs only if ``retrieve=True`` (default: retrieve when there is no
         reference text).
@@ -106,7 +106,11 @@ class Pipeline:
         should_retrieve = retrieve if retrieve is not None else not reference_text
         retrieved: list[ScoredChunk] = []
         # The conversation's documents first: rag's fusion gives ties to the retriever listed first.
-        retrievers = [*(documents or []), *([self.knowledge] if self.knowledge is not None else [])]
+        if documents is None:
+            documents = []
+        elif hasattr(documents, "search"):  # one retriever (a DocumentSet) rather than a list of them
+            documents = [documents]
+        retrievers = [*documents, *([self.knowledge] if self.knowledge is not None else [])]
         notices: list[Notice] = []
         if should_retrieve and retrievers:
             try:

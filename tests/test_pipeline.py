@@ -391,7 +391,7 @@ async def test_documents_are_searched_with_the_knowledge_base_and_merged(fake):
     uploads = WordOverlapRetriever([EXPENSES])
     knowledge = WordOverlapRetriever([VACATION])
     question = "Are receipts required for expenses above 20 euros?"
-    events = await collect(make_pipeline(fake, retriever=knowledge), question=question, documents=[uploads])
+    events = await collect(make_pipeline(fake, retriever=knowledge), question=question, documents=uploads)
     assert uploads.queries == [question] and knowledge.queries == [question]
     found = of(events, SourcesFound)[0]
     assert [s.chunk.source for s in found.sources][0] == "expenses.md"
