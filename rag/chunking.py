@@ -46,7 +46,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*[ \t]+|\n\s*")
 def split_markdown_sections(text: str, page: int | None = None) -> list[Section]:
     """Sections at ATX headings (``# ...``), ignoring ``#`` lines inside fenced code blocks."""
     lines = text.splitlines(keepends=True)
-    starts: list[tuple[int, str]] = []  # (line index, heading)
+    starts: list[tuple[int, str, int]] = []  # (first line, heading, lines the heading takes)
     in_fence = False
     for index, line in enumerate(lines):
         if _FENCE.match(line):
@@ -54,14 +54,14 @@ def split_markdown_sections(text: str, page: int | None = None) -> list[Section]
             continue
         match = None if in_fence else _MARKDOWN_HEADING.match(line.rstrip("\n"))
         if match:
-            starts.append((index, match.group(2).strip()))
+            starts.append((index, match.group(2).strip(), 1))
     return _sections_from_starts(lines, starts, page)
 
 
 def split_rst_sections(text: str, page: int | None = None) -> list[Section]:
     """Sections at reStructuredText titles: a text line underlined by a run of one punctuation character."""
     lines = text.splitlines(keepends=True)
-    starts: list[tuple[int, str]] = []
+    starts: list[tuple[int, str, int]] = []
     for index in range(1, len(lines)):
         title = lines[index - 1].strip()
         underline = lines[index].strip()
@@ -69,37 +69,30 @@ def split_rst_sections(text: str, page: int | None = None) -> list[Section]:
             first = index - 1
             if first >= 1 and lines[first - 1].strip() == underline:  # overlined title
                 first -= 1
-            starts.append((first, title))
+            starts.append((first, title, index + 1 - first))
     return _sections_from_starts(lines, starts, page)
 
 
-def _sections_from_starts(lines: list[str], starts: list[tuple[int, str]], page: int | None) -> list[Section]:
+def _sections_from_starts(lines: list[str], starts: list[tuple[int, str, int]], page: int | None) -> list[Section]:
+    if not starts or starts[0][0] != 0:
+        starts = [(0, "", 0)] + starts
     sections: list[Section] = []
-    boundaries = [(0, "")] + starts if not starts or starts[0][0] != 0 else starts
-    for number, (first_line, heading) in enumerate(boundaries):
-        last_line = boundaries[number + 1][0] if number + 1 < len(boundaries) else len(lines)
+    pending = ""  # headings with no text of their own, joined to the next section
+    for number, (first_line, heading, heading_lines) in enumerate(starts):
+        last_line = starts[number + 1][0] if number + 1 < len(starts) else len(lines)
         body = "".join(lines[first_line:last_line]).strip()
-        if body:
-            sections.append(Section(heading=heading, text=body, page=page))
-    return _merge_bare_headings(sections)
-
-
-def _merge_bare_headings(sections: list[Section]) -> list[Section]:
-    """A heading directly followed by a sub-heading has no text of its own: join it to the next section."""
-    merged: list[Section] = []
-    pending = ""
-    for section in sections:
-        bare = section.heading and "\n" not in section.text.strip()
-        if bare:
-            pending = (pending + "\n\n" + section.text) if pending else section.text
+        has_text = "".join(lines[first_line + heading_lines : last_line]).strip()
+        if not has_text:
+            if heading:
+                pending = f"{pending}\n\n{body}" if pending else body
             continue
         if pending:
-            section = Section(section.heading, pending + "\n\n" + section.text, section.page)
+            body = f"{pending}\n\n{body}"
             pending = ""
-        merged.append(section)
+        sections.append(Section(heading=heading, text=body, page=page))
     if pending:
-        merged.append(Section(pending.splitlines()[0].lstrip("# ").strip(), pending, None))
-    return merged
+        sections.append(Section(heading=starts[-1][1], text=pending, page=page))
+    return sections
 
 
 def _sentence_units(text: str, chunk_tokens: int) -> list[_Unit]:

@@ -73,11 +73,25 @@ def decode_text(data: bytes, name: str = "file") -> str:
         text = data.decode("cp1252")
     except UnicodeDecodeError:
         text = data.decode("latin-1")
-    # Legacy 8-bit text is mostly letters; text that is largely accented/symbol characters was something else.
-    high = sum(1 for char in text if ord(char) > 127)
-    if high > 0.3 * len(text):
-        raise LoadError(f"{name} could not be decoded as text (not UTF-8 or Latin-1).")
+    if _looks_misdecoded(text):
+        raise LoadError(f"{name} could not be decoded as text (it is neither UTF-8 nor Latin-1/cp1252).")
     return text
+
+
+_LEGACY_PUNCTUATION = set("\u201c\u201d\u2018\u2019\u2013\u2014\u2026\u20ac\u2022\u00ab\u00bb\u00b0\u00a3\u00a7\u00a9\u00ae\u00b7\u00d7\u00a0")
+
+
+def _looks_misdecoded(text: str) -> bool:
+    """Western 8-bit text is mostly ASCII, and its other characters are mostly letters or common punctuation.
+
+    Text in another encoding (Shift-JIS, GBK, UTF-16 without BOM...) read as cp1252 is not.
+    """
+    visible = [char for char in text if not char.isspace()]
+    high = [char for char in visible if ord(char) > 127]
+    if not high:
+        return False
+    plausible = sum(1 for char in high if char.isalpha() or char in _LEGACY_PUNCTUATION)
+    return len(high) > 0.4 * len(visible) or plausible < 0.6 * len(high)
 
 
 def looks_binary(data: bytes) -> bool:
@@ -96,8 +110,18 @@ def _text_sections(text: str, kind: str) -> list[Section]:
     return [Section("", text.strip())] if text.strip() else []
 
 
+_HEADING_LINE = re.compile(r"^ {0,3}#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
+
+
 def _first_heading(sections: list[Section]) -> str:
-    return next((section.heading for section in sections if section.heading), "")
+    """The document's first heading (a heading merged into the section below it still counts)."""
+    first = next((section for section in sections if section.heading), None)
+    if first is None:
+        return ""
+    match = _HEADING_LINE.match(first.text)
+    if match:
+        return match.group(1).strip()
+    return next((line.strip() for line in first.text.splitlines() if re.search(r"\w", line)), first.heading)
 
 
 def load_html(data: bytes, name: str) -> tuple[str, list[Section]]:

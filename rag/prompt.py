@@ -57,7 +57,9 @@ def _attribute(text: str) -> str:
 
 def format_source(number: int, chunk: Chunk) -> str:
     location = _attribute(chunk.location)
-    heading = _attribute(chunk.title) if chunk.title and chunk.title != chunk.source else ""
+    file_name = chunk.source.rsplit("/", 1)[-1]
+    redundant = {chunk.source, file_name, file_name.rsplit(".", 1)[0]}
+    heading = _attribute(chunk.title) if chunk.title and chunk.title not in redundant else ""
     heading_attr = f' heading="{heading}"' if heading else ""
     return f'<source id="{number}" location="{location}"{heading_attr}>\n{neutralise(chunk.text)}\n</source>'
 
