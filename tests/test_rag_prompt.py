@@ -29,7 +29,7 @@ def test_sources_are_numbered_with_their_location_in_the_user_turn():
     assert user["content"].index("<sources>") < user["content"].index("When is the release?")
     assert [s.chunk.source for s in prompt.sources_used] == ["plan.md", "spec.pdf"]
     assert prompt.prompt_tokens == count_message_tokens(prompt.messages)
-    assert "[n]" in SYSTEM_PROMPT and "do not cover" in SYSTEM_PROMPT
+    assert "[1]" in SYSTEM_PROMPT and "do not cover" in SYSTEM_PROMPT
 
 
 def test_injected_instructions_stay_inside_the_data_block():
