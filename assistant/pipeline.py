@@ -233,7 +233,7 @@ class Pipeline:
         """(escalation reason or None, stopped early, purpose of the large leg)."""
         response = small.response
         if monitor is not None and monitor.fired:
-            turn.metrics.confidence = monitor.confidence
+            turn.metrics.confidence = token_confidence(response.token_logprobs, options.confidence_quantile)
             return monitor.fired, True, "answer"
         assessment = assess(response.text, response.token_logprobs, sources, options)
         turn.metrics.confidence = assessment.confidence

@@ -185,6 +185,7 @@ async def test_refusal_at_the_start_stops_the_small_stream_early(fake):
     small_leg = end.metrics.legs[0]
     assert small_leg.outcome == "escalated" and small_leg.reason == "declined at the start"
     assert end.responses[0].cancelled  # the small stream was closed, not finished
+    assert end.metrics.confidence == pytest.approx(0.95)  # of the small tokens received before the stop
 
 
 async def test_low_running_confidence_stops_the_small_stream_after_n_tokens(fake):
