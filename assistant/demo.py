@@ -61,13 +61,16 @@ def install_demo_routes(
     get_pipeline: Callable[[], Any],
     settings,
     get_client: Callable[[], ModelClient] | None = None,
+    *,
+    move_to_front: bool = True,
 ) -> None:
     """Register the demo routes on ``app`` ahead of every route already there.
 
     ``get_pipeline()`` is called per request and returns the chat's Pipeline. ``get_client()``
     returns the ModelClient used to resolve the served model names (default: the pipeline's
     ``client`` attribute). Chainlit's catch-all page route would otherwise shadow the GET routes,
-    hence the move to the front.
+    hence the move to the front; a caller that moves its own newly added routes to the front
+    afterwards (by index) passes ``move_to_front=False``, or the two moves undo each other.
     """
     resolve_client = get_client or (lambda: get_pipeline().client)
     first_new = len(app.router.routes)
@@ -109,9 +112,10 @@ def install_demo_routes(
     app.add_api_route("/demo/api/info", info, methods=["GET"], include_in_schema=False)
     app.add_api_route("/demo/api/stream", stream, methods=["POST"], include_in_schema=False)
 
-    new_routes = app.router.routes[first_new:]
-    del app.router.routes[first_new:]
-    app.router.routes[0:0] = new_routes
+    if move_to_front:
+        new_routes = app.router.routes[first_new:]
+        del app.router.routes[first_new:]
+        app.router.routes[0:0] = new_routes
 
 
 def parse_demo_request(body: Any, settings) -> dict:

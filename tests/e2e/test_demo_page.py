@@ -1,0 +1,104 @@
+"""The /demo page in headless chromium, served by the real Chainlit app in front of the real llama.cpp model."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+pytestmark = pytest.mark.e2e
+
+
+def open_demo(page, app_server):
+    page.goto(app_server.url + "/demo")
+    # The page's Content-Security-Policy forbids eval, so waits use locators, not wait_for_function.
+    expect(page.locator("#model-small")).not_to_have_text("…", timeout=10_000)
+
+
+def send_and_wait(page, state: str = "done"):
+    page.click("#send")
+    page.wait_for_selector(f"#status[data-state='{state}']")
+
+
+def test_demo_streams_both_models_charts_them_and_stops(app_server, page):
+    console_errors = []
+    page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
+    offline_requests = []
+    page.on("request", lambda request: request.url.startswith(app_server.url) or offline_requests.append(request.url))
+    open_demo(page, app_server)
+
+    assert page.inner_text("#model-small") == app_server.small_model
+    assert page.inner_text("#model-large") == app_server.large_model
+    assert "not in this browser" in page.inner_text("#inference-note")
+    expect(page.locator("#webgpu-status")).not_to_have_text("checking…", timeout=5_000)
+    assert re.search(r"not exposed|no GPU adapter|available", page.inner_text("#webgpu-status"))
+
+    # 1. the small model, from the team's documents
+    page.fill("#prompt", "What is this knowledge base about?")
+    page.fill("#max-tokens", "24")
+    send_and_wait(page)
+    assert page.inner_text("#output").strip()
+    assert page.inner_text("#m-ttft").endswith(("ms", " s"))
+    assert page.locator("#chart-small .run").count() == 1
+    assert page.locator("#chart-large .run").count() == 0
+
+    # 2. the large model, answering from pasted reference text
+    page.check("#role-large")
+    page.fill("#prompt", "What colour is the sky on Zorg?")
+    page.fill("#reference", "On the planet Zorg the sky is bright green all day long.")
+    send_and_wait(page)
+    assert "reference text" in page.inner_text("#answer-meta")
+    assert app_server.large_model in page.inner_text("#answer-meta")
+    assert page.locator("#chart-large .run").count() == 1
+    assert page.locator("#chart-small .run").count() == 1
+    assert "median first token" in page.inner_text("#summary-large")
+
+    # 3. a long answer, stopped right after its first token
+    page.check("#role-small")
+    page.fill("#reference", "")
+    page.fill("#prompt", "Write a very long story about a dragon who learns to bake bread.")
+    page.fill("#max-tokens", "1500")
+    page.click("#send")
+    expect(page.locator("#m-ttft")).not_to_have_text("–", timeout=30_000)
+    page.click("#stop")
+    page.wait_for_selector("#status[data-state='stopped']")
+    assert "Stopped after" in page.inner_text("#notices")
+    assert page.locator("#chart-small .run.stopped").count() == 1
+    assert page.is_enabled("#send") and not page.is_enabled("#stop")
+
+    # 4. the model server is free again at once: the stopped generation was cancelled upstream
+    # (with --interrupt_requests False a still-running 1500-token answer would hold this one back ~30 s)
+    page.fill("#prompt", "Say hello.")
+    page.fill("#max-tokens", "8")
+    send_and_wait(page)
+    ttft_text = page.inner_text("#m-ttft")
+    ttft_s = float(ttft_text[:-3]) / 1000 if ttft_text.endswith("ms") else float(ttft_text[:-2])
+    assert ttft_s < 5
+    assert page.locator("#chart-small .run").count() == 3
+    assert page.locator("#runs-table tbody tr").count() == 4
+
+    assert offline_requests == []
+    assert console_errors == []
+
+
+def test_empty_prompt_shows_the_servers_message(app_server, page):
+    open_demo(page, app_server)
+    page.fill("#prompt", "   ")
+    send_and_wait(page, state="error")
+    assert "prompt is empty" in page.inner_text("#notices")
+    assert page.locator("#chart-small .run").count() == 0
+
+
+def test_demo_fits_a_phone_screen(app_server, browser):
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, bypass_csp=True
+    )
+    page = context.new_page()
+    try:
+        open_demo(page, app_server)
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0
+        assert page.is_visible("#send") and page.is_visible("#chart-small") and page.is_visible("#chart-large")
+    finally:
+        context.close()
