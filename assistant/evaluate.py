@@ -4,7 +4,8 @@
                                  [--judge-model ALIAS] [--limit N]
 
 Each line of QUESTIONS.jsonl is a JSON object: ``question`` (required), ``reference_answer``
-(optional), ``expected_sources`` (optional, knowledge-folder paths or file names) and
+(optional), ``expected_sources`` (optional, knowledge-folder paths or file names; ``a.md|b.md`` when either
+file holds the answer) and
 ``answerable`` (optional, default true; false marks a question the documents do not cover).
 Every question runs at temperature 0 with the model server and knowledge folder of
 ``load_settings()`` (ASSISTANT_MODEL_ENDPOINT, ASSISTANT_KNOWLEDGE_DIR, ...).
@@ -136,9 +137,13 @@ def token_f1(answer: str, reference: str) -> float:
 
 
 def source_matches(expected: str, source: str) -> bool:
-    """``handbook.md`` matches ``policies/handbook.md``; a full relative path must match exactly."""
-    expected, source = expected.strip("/").lower(), source.strip("/").lower()
-    return source == expected or source.endswith("/" + expected)
+    """``handbook.md`` matches ``policies/handbook.md``; ``a.md|b.md`` means either file will do."""
+    source = source.strip("/").lower()
+    for option in expected.split("|"):
+        option = option.strip().strip("/").lower()
+        if option and (source == option or source.endswith("/" + option)):
+            return True
+    return False
 
 
 def source_recall(expected: Sequence[str] | None, cited_sources: Sequence[str]) -> float | None:

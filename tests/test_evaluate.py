@@ -80,6 +80,7 @@ def test_f1_source_recall_and_percentile():
     assert source_recall(["handbook.md", "x.md"], ["policies/handbook.md"]) == 0.5
     assert source_recall(["handbook.md"], ["old-handbook.md"]) == 0.0
     assert source_recall(None, ["a.md"]) is None
+    assert source_recall(["settings.md|handbook.md", "x.md"], ["handbook.md"]) == 0.5
     assert percentile([5, 1, 3, 2, 4], 95) == 5 and percentile([5, 1, 3, 2, 4], 40) == 2
 
 
