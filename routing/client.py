@@ -314,8 +314,9 @@ class ChatStream:
     async def __aexit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None and issubclass(exc_type, (asyncio.CancelledError, GeneratorExit)):
             self.response.cancelled = True
-        elif not self._finished and exc_type is None:
-            # Left early with a break: the caller stopped reading.
+        elif not self._finished and self.response.error is None:
+            # Left early with a break, or an exception in the caller's loop: the caller stopped reading.
+            # (A failure of the stream itself has set response.error instead.)
             self.response.cancelled = True
         await self._close_upstream()
         self._finalize()

@@ -315,3 +315,15 @@ async def test_timings_match_a_scripted_pace(server, client):
         except AssertionError:
             if attempt == 2:
                 raise
+
+
+async def test_an_exception_in_the_callers_loop_marks_the_answer_cut_short(server, client):
+    server.script(SMALL_ID, Script(tokens=[f" w{i}" for i in range(200)], token_delay=0.02))
+    with pytest.raises(RuntimeError, match="caller failed"):
+        async with client.stream("phi-4-mini", MESSAGES) as stream:
+            async for _ in stream:
+                raise RuntimeError("caller failed")
+    assert stream.response.cancelled is True and not stream.response.complete
+    assert stream.response.text == " w0"
+    record = server.requests[-1]
+    assert await wait_until(lambda: record.client_disconnected)
