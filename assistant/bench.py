@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -175,7 +176,8 @@ def render_markdown(report: dict) -> str:
     rows = summary_table_rows(report["models"])
     lines = [
         f"Benchmark: {report['rounds']} rounds after {report['warmup']} warm-up, max_tokens {report['max_tokens']}, "
-        f"temperature {report['temperature']}, endpoint {report['endpoint']}. Times in ms.",
+        f"temperature {report['temperature']}, endpoint {report['endpoint']}, "
+        f"load average {report['load_average_1m']} on {report['cpus']} CPUs. Times in ms.",
         "",
         "| " + " | ".join(HEADERS) + " |",
         "|" + "---|" * len(HEADERS),
@@ -230,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": args.warmup,
         "max_tokens": args.max_tokens,
         "temperature": args.temperature,
+        "load_average_1m": round(os.getloadavg()[0], 2),  # other work on the CPU skews every number
+        "cpus": os.cpu_count(),
         "models": [result.summary() for result in results],
         "raw": [
             {"alias": r.alias, "logprobs": r.logprobs, "rounds": [run.to_dict() for run in r.rounds]} for r in results
@@ -238,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     if json_to_stdout:
         print(json.dumps(report, indent=2))
     else:
-        print()
+        print(f"\nLoad average {report['load_average_1m']} on {report['cpus']} CPUs.")
         print(render_table(HEADERS, summary_table_rows(report["models"])))
         for line in failure_lines(report["models"]):
             print(f"\nFAILED {line}")
