@@ -18,7 +18,8 @@ def open_demo(page, app_server):
 
 def send_and_wait(page, state: str = "done"):
     page.click("#send")
-    page.wait_for_selector(f"#status[data-state='{state}']")
+    # generous: on a busy 2-core machine one thread of llama.cpp reads prompts slowly
+    page.wait_for_selector(f"#status[data-state='{state}']", timeout=90_000)
 
 
 def test_demo_streams_both_models_charts_them_and_stops(app_server, page):
@@ -34,10 +35,11 @@ def test_demo_streams_both_models_charts_them_and_stops(app_server, page):
     expect(page.locator("#webgpu-status")).not_to_have_text("checking…", timeout=5_000)
     assert re.search(r"not exposed|no GPU adapter|available", page.inner_text("#webgpu-status"))
 
-    # 1. the small model, from the team's documents
-    page.fill("#prompt", "What is this knowledge base about?")
+    # 1. the small model, from the team's documents (a question few of them match keeps the prompt short)
+    page.fill("#prompt", "Say hello to Zorblax.")
     page.fill("#max-tokens", "24")
     send_and_wait(page)
+    assert app_server.small_model in page.inner_text("#answer-meta")
     assert page.inner_text("#output").strip()
     assert page.inner_text("#m-ttft").endswith(("ms", " s"))
     assert page.locator("#chart-small .run").count() == 1
@@ -56,25 +58,26 @@ def test_demo_streams_both_models_charts_them_and_stops(app_server, page):
 
     # 3. a long answer, stopped right after its first token
     page.check("#role-small")
-    page.fill("#reference", "")
-    page.fill("#prompt", "Write a very long story about a dragon who learns to bake bread.")
+    page.fill("#reference", "Ember is a young dragon who lives above a bakery and wants to learn to bake bread.")
+    page.fill("#prompt", "Write a very long story about Ember.")
     page.fill("#max-tokens", "1500")
     page.click("#send")
-    expect(page.locator("#m-ttft")).not_to_have_text("–", timeout=30_000)
+    expect(page.locator("#m-ttft")).not_to_have_text("–", timeout=90_000)
     page.click("#stop")
     page.wait_for_selector("#status[data-state='stopped']")
     assert "Stopped after" in page.inner_text("#notices")
     assert page.locator("#chart-small .run.stopped").count() == 1
     assert page.is_enabled("#send") and not page.is_enabled("#stop")
 
-    # 4. the model server is free again at once: the stopped generation was cancelled upstream
-    # (with --interrupt_requests False a still-running 1500-token answer would hold this one back ~30 s)
-    page.fill("#prompt", "Say hello.")
+    # 4. the model server is free again at once: the stopped generation was cancelled upstream. The same
+    # prompt again is already in llama.cpp's cache, so its first token takes one decode step; had the
+    # stopped answer kept generating (--interrupt_requests False queues this request behind it), this one
+    # would wait for the rest of a ~500-token story: 10 s at best, a minute on a busy machine.
     page.fill("#max-tokens", "8")
     send_and_wait(page)
     ttft_text = page.inner_text("#m-ttft")
     ttft_s = float(ttft_text[:-3]) / 1000 if ttft_text.endswith("ms") else float(ttft_text[:-2])
-    assert ttft_s < 5
+    assert ttft_s < 3
     assert page.locator("#chart-small .run").count() == 3
     assert page.locator("#runs-table tbody tr").count() == 4
 
