@@ -17,6 +17,7 @@ from chainlit.server import app as fastapi_app
 from fastapi.responses import FileResponse, Response as HTTPResponse
 
 from assistant.conversations import ConversationStore
+from assistant.demo import install_demo_routes
 from assistant.events import AnswerStarted, Escalated, Notice, PromptBuilt, SourcesFound, Token, TurnFinished
 from assistant.pipeline import Pipeline
 from assistant.settings import RoutingMode, SettingsError, load_settings
@@ -125,12 +126,7 @@ def _install_get_routes() -> None:
             return HTTPResponse(status_code=404)
         return FileResponse(path)
 
-    try:
-        from assistant.demo import install_demo_routes
-
-        install_demo_routes(fastapi_app, lambda: pipeline, settings)
-    except ImportError:
-        log.warning("demo page not available")
+    install_demo_routes(fastapi_app, lambda: pipeline, settings, move_to_front=False)
 
     new_routes = fastapi_app.router.routes[first_new:]
     del fastapi_app.router.routes[first_new:]
@@ -399,7 +395,9 @@ async def handle_uploads(elements: list) -> None:
         if not path:
             continue
         try:
-            stored = await asyncio.to_thread(save_upload, Path(path), settings.data_dir / "uploads" / thread_id(), limit_bytes)
+            stored = await asyncio.to_thread(
+                save_upload, Path(path), settings.data_dir / "uploads" / thread_id(), limit_bytes, name
+            )
             added = await asyncio.to_thread(docs.add_file, stored, name)
         except (UploadError, LoadError) as exc:
             await cl.Message(content=f"❌ **{name}** was not added: {exc}", author="assistant").send()

@@ -156,5 +156,7 @@ def open_chat(page, server: AppServer) -> None:
 
 
 def ask(page, question: str) -> None:
+    """Send once the app can take it: while a task runs (or attachments upload) there is no enabled send button."""
     page.locator("#chat-input").fill(question)
-    page.locator("#chat-input").press("Enter")
+    page.wait_for_function("() => { const b = document.querySelector('#chat-submit'); return b && !b.disabled; }")
+    page.locator("#chat-submit").click()

@@ -68,3 +68,33 @@ def test_unreachable_model_server_gives_a_clear_message_and_the_app_keeps_workin
         page.get_by_text("Shared knowledge").first.wait_for(timeout=15_000)
     finally:
         dead.stop()
+
+
+def test_knowledge_answer_cites_its_file_and_the_source_opens_with_its_text(page, app_server):
+    open_chat(page, app_server)
+    ask(page, "What is the internal code name of the assistant?")
+    final = wait_for_answer_footer(page)
+    assert "overview.md" in final.lower()  # element links render in capitals
+    retrieval = page.get_by_text("Used Retrieval").last
+    retrieval.click()
+    page.get_by_text("overview.md").first.wait_for()
+    link = page.locator(ASSISTANT).last.get_by_text("overview.md", exact=False).last
+    link.click()
+    page.get_by_text("Quillfeather").first.wait_for(timeout=10_000)  # the side panel shows the chunk text
+
+
+def test_metrics_bar_details_and_latency_chart_render(page, app_server):
+    open_chat(page, app_server)
+    ask(page, "What does the metrics bar show?")
+    wait_for_answer_footer(page)
+    bar = page.locator('[data-testid="metrics-bar"]').last
+    assert app_server.small_model in bar.inner_text()
+    tokens = bar.locator('[data-testid="metrics-tokens"]').inner_text()
+    assert "~" in tokens  # llama.cpp streams no usage: the counts are marked as estimates
+    bar.locator('[data-testid="metrics-details-toggle"]').click()
+    details = bar.locator('[data-testid="metrics-details"]').inner_text()
+    assert "retrieval" in details and "small" in details and "SmolLM2" in details
+    page.get_by_text("Latency chart").last.click()
+    page.get_by_text("Simulated cloud cost of this conversation").last.wait_for()
+    page.locator(".js-plotly-plot").last.wait_for(timeout=15_000)
+    assert page.locator(".js-plotly-plot .bars, .js-plotly-plot g.trace").count() > 0

@@ -1,0 +1,97 @@
+"""Routing in the browser: pinning a model, a visible escalation, and the stop button.
+
+The model server here is the scripted OpenAI-compatible server (real HTTP), so two distinct models with
+exact behaviour are available; the Chainlit app and the browser are real.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.e2e.conftest import AppServer, ask, make_app_root, open_chat
+from tests.e2e.test_chat import ASSISTANT, wait_for_answer_footer
+from tests.fake_openai_server import FakeOpenAIServer, Script
+
+pytestmark = pytest.mark.e2e
+
+SMALL = "Phi-4-mini-instruct-generic-cpu"
+LARGE = "gpt-oss-20b-generic-cpu"
+CONFIDENT = Script(
+    tokens=["The", " router", " sends", " questions", " to", " the", " small", " model", " first", " and",
+            " escalates", " weak", " answers", " [1]", "."],
+    logprobs=[-0.01] * 15,
+)
+
+
+@pytest.fixture(scope="module")
+def fake_models():
+    with FakeOpenAIServer([SMALL, LARGE]) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def scripted_app(fake_models, tmp_path_factory):
+    root = make_app_root(tmp_path_factory.mktemp("routing-root"))
+    server = AppServer(root, fake_models.base_url, "phi-4-mini", "gpt-oss-20b")
+    server.start()
+    yield server
+    server.stop()
+
+
+def pin(page, label: str) -> None:
+    page.locator("#chat-settings-open-modal").click()
+    page.locator("#mode").click()
+    page.get_by_role("option", name=label).click()
+    page.locator("#confirm").click()
+    page.get_by_text("Settings saved").last.wait_for()
+
+
+def test_pinning_each_model_changes_the_answering_model(page, scripted_app, fake_models):
+    fake_models.script(SMALL, CONFIDENT)
+    fake_models.script(LARGE, CONFIDENT)
+    open_chat(page, scripted_app)
+
+    pin(page, "gpt-oss-20b only")
+    ask(page, "What does the router do?")
+    assert f"Answered by {LARGE}" in wait_for_answer_footer(page).replace("`", "")
+
+    pin(page, "phi-4-mini only")
+    ask(page, "And what does it do first?")
+    assert f"Answered by {SMALL}" in wait_for_answer_footer(page).replace("`", "")
+    asked = [r.model for r in fake_models.requests]
+    assert asked[-2:] == [LARGE, SMALL]
+
+
+def test_short_answer_escalates_visibly_with_its_reason(page, scripted_app, fake_models):
+    fake_models.script(SMALL, Script(tokens=["No", "."], logprobs=[-0.01, -0.01]))
+    fake_models.script(LARGE, CONFIDENT)
+    open_chat(page, scripted_app)
+    ask(page, "Explain the escalation policy.")
+    final = wait_for_answer_footer(page).replace("`", "")
+    assert f"Answered by {LARGE}" in final
+    step = page.get_by_text("escalated:").first
+    step.wait_for()
+    assert "chars" in step.inner_text()  # the reason names the length rule
+    badge = page.locator('[data-testid="metrics-escalation"]').last
+    assert "escalated" in badge.inner_text()
+
+
+def test_stop_button_keeps_the_partial_answer_and_closes_the_upstream_stream(page, scripted_app, fake_models):
+    fake_models.script(SMALL, Script(tokens=[f" word{i}" for i in range(300)], token_delay=0.05,
+                                     logprobs=[-0.01] * 300))
+    open_chat(page, scripted_app)
+    pin(page, "phi-4-mini only")
+    ask(page, "Write a very long answer.")
+    page.locator(ASSISTANT).last.get_by_text("word5").wait_for(timeout=20_000)
+    page.locator("#stop-button").click()
+    page.get_by_text("Stopped by you").last.wait_for(timeout=10_000)
+    text = page.locator(ASSISTANT).filter(has_text="Stopped by you").last.inner_text()
+    assert "word5" in text  # the partial answer is kept
+    deadline = time.monotonic() + 5
+    record = fake_models.requests_for(SMALL)[-1]
+    while not record.client_disconnected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert record.client_disconnected, "the upstream stream was left generating"
+    assert record.tokens_sent < 150

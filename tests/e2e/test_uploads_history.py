@@ -1,0 +1,96 @@
+"""Uploads and history in the browser: hostile files, a cited upload, and a thread that survives a restart."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.conftest import AppServer, ask, make_app_root, open_chat
+from tests.e2e.test_chat import ASSISTANT, wait_for_answer_footer
+from tests.fixtures.documents import encrypted_pdf_bytes, pdf_bytes
+
+pytestmark = pytest.mark.e2e
+
+UPLOAD_FACT = (
+    "# Falcon rollout\n\nThe Falcon rollout checklist has exactly seventeen steps. "
+    "Step eleven is the canary review, owned by the platform team. Falcon launches on a Tuesday.\n"
+)
+
+
+@pytest.fixture
+def own_app(embedded_model, tmp_path):
+    server = AppServer(make_app_root(tmp_path / "root"), embedded_model.base_url,
+                       embedded_model.small_name, embedded_model.large_name,
+                       extra_env={"ASSISTANT_UPLOAD_MAX_MB": "1"})
+    server.start()
+    yield server
+    server.stop()
+
+
+def upload(page, files: list[dict]) -> None:
+    page.locator("#upload-button-input").set_input_files(files)
+
+
+def test_hostile_and_broken_files_each_get_a_message_and_the_rest_goes_through(page, own_app):
+    open_chat(page, own_app)
+    good = pdf_bytes(["Quarterly numbers page one", "The margin target is nine percent"])
+    upload(page, [
+        {"name": "truncated.pdf", "mimeType": "application/pdf", "buffer": good[: len(good) // 2]},
+        {"name": "locked.pdf", "mimeType": "application/pdf", "buffer": encrypted_pdf_bytes(["secret text"])},
+        {"name": "empty.txt", "mimeType": "text/plain", "buffer": b""},
+        {"name": "binary.txt", "mimeType": "text/plain", "buffer": bytes(range(256)) * 40},
+        {"name": "latin1.txt", "mimeType": "text/plain", "buffer": "Café crème brûlée, façade naïve.".encode("latin-1")},
+        {"name": "../../etc/passwd.md", "mimeType": "text/markdown", "buffer": b"# Not a path\nroot fact"},
+        {"name": "huge.txt", "mimeType": "text/plain", "buffer": b"word " * 300_000},
+        {"name": "report.pdf", "mimeType": "application/pdf", "buffer": good},
+    ])
+    ask(page, "/docs")
+    page.get_by_text("This conversation's uploads").first.wait_for(timeout=30_000)
+    body = page.locator("body").inner_text()
+    for name in ("truncated.pdf", "locked.pdf", "binary.txt", "huge.txt"):
+        assert f"{name} was not added" in body, f"no refusal message for {name}"
+    # Chainlit's upload endpoint itself refuses a zero-byte file, before the app sees it; the browser says so.
+    assert "Failed to upload empty.txt" in body
+    assert "password-protected" in body and "MB limit" in body and "binary data" in body
+    for name in ("latin1.txt", "report.pdf"):
+        assert f"{name} is ready for this conversation" in body, f"{name} was not accepted"
+    assert "2 pages" in body  # the good PDF's confirmation names its pages
+    assert "passwd.md is ready" in body
+    # The app still answers after the batch.
+    ask(page, "What is the margin target?")
+    assert "report.pdf" in wait_for_answer_footer(page, 120).lower()  # source links render in capitals
+    stored = list((own_app.data_dir / "uploads").rglob("*passwd*"))
+    assert stored and all(own_app.data_dir in p.parents for p in stored)
+    assert not (own_app.root / "etc").exists()
+
+
+def test_upload_is_cited_and_survives_a_restart_with_its_history(page, own_app):
+    open_chat(page, own_app)
+    upload(page, [{"name": "falcon.md", "mimeType": "text/markdown", "buffer": UPLOAD_FACT.encode()}])
+    ask(page, "How many steps does the Falcon rollout checklist have?")
+    first = wait_for_answer_footer(page, 120)
+    assert "falcon.md" in first.lower()
+    page.get_by_text("falcon.md is ready for this conversation").first.wait_for()
+    thread_url = page.url
+    assert "/thread/" in thread_url
+
+    own_app.restart()
+
+    page.goto(thread_url)
+    page.get_by_text("How many steps does the Falcon rollout checklist have?").first.wait_for(timeout=30_000)
+    page.get_by_text("Restored this conversation's uploads").first.wait_for(timeout=30_000)
+    before = page.locator(ASSISTANT).count()
+    ask(page, "Who owns the canary review step of the Falcon rollout?")
+    page.wait_for_function(f"document.querySelectorAll('{ASSISTANT}').length > {before}")
+    follow_up = wait_for_answer_footer(page, 120)
+    assert "falcon.md" in follow_up.lower()  # the restored upload is still searched
+
+
+def test_an_upload_in_one_conversation_is_not_retrieved_in_another(page, own_app):
+    open_chat(page, own_app)
+    upload(page, [{"name": "falcon.md", "mimeType": "text/markdown", "buffer": UPLOAD_FACT.encode()}])
+    ask(page, "How many steps does the Falcon rollout checklist have?")
+    assert "falcon.md" in wait_for_answer_footer(page, 120).lower()
+
+    open_chat(page, own_app)  # a new conversation
+    ask(page, "How many steps does the Falcon rollout checklist have?")
+    assert "falcon.md" not in wait_for_answer_footer(page, 120).lower()
