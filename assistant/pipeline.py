@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Protocol, Sequence
 
@@ -150,8 +151,9 @@ class Pipeline:
         if mode is RoutingMode.LARGE_ONLY:
             large = _Leg("large", aliases["large"])
             turn.legs.append(large)
-            async for event in self._answer(large, grounded.messages, options, None):
-                yield event
+            async with aclosing(self._answer(large, grounded.messages, options, None)) as leg_events:
+                async for event in leg_events:
+                    yield event
             final = large
             if large.outcome == "failed":
                 notices.append(Notice("error", large.reason or "The large model failed."))
@@ -164,8 +166,9 @@ class Pipeline:
                 if mode in (RoutingMode.AUTOMATIC, RoutingMode.DRAFT_THEN_REFINE)
                 else None
             )
-            async for event in self._answer(small, grounded.messages, options, monitor):
-                yield event
+            async with aclosing(self._answer(small, grounded.messages, options, monitor)) as leg_events:
+                async for event in leg_events:
+                    yield event
             final = small
             if small.outcome == "failed":
                 notices.append(Notice("error", small.reason or "The small model failed."))
@@ -186,8 +189,9 @@ class Pipeline:
                     messages = grounded.messages
                     if purpose == "refine":
                         messages = self._refine_messages(question, prompt_sources, history, small.response.text, options)
-                    async for event in self._answer(large, messages, options, None):
-                        yield event
+                    async with aclosing(self._answer(large, messages, options, None)) as leg_events:
+                        async for event in leg_events:
+                            yield event
                     if large.outcome == "failed":
                         notices.append(
                             Notice(

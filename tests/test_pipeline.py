@@ -346,6 +346,24 @@ async def test_cancelling_the_turn_closes_the_upstream_stream(fake):
     await pipeline.client.close()
 
 
+async def test_closing_the_event_stream_closes_the_upstream_at_once(fake):
+    # The demo page's server closes the generator when the browser hangs up.
+    tokens = words("word " * 300)
+    fake.script(SMALL, Script(tokens=tokens, logprobs=[SURE] * len(tokens), token_delay=0.01))
+    pipeline = make_pipeline(fake)
+    events = pipeline.run("How many vacation days?")
+    tokens_seen = 0
+    async for event in events:
+        tokens_seen += isinstance(event, Token)
+        if tokens_seen == 3:
+            break
+    await events.aclose()
+    record = fake.requests_for(SMALL)[0]
+    await wait_for(lambda: record.ended is not None, timeout=1.0)
+    assert record.client_disconnected and record.tokens_sent < 50
+    await pipeline.client.close()
+
+
 # ------------------------------------------------------------------------------------ prompt inputs
 
 
