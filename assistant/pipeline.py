@@ -93,10 +93,12 @@ class Pipeline:
     ) -> AsyncIterator[object]:
         """Yield the events of one turn (see :mod:`assistant.events` for their order).
 
-        ``documents``: the user's uploads (one retriever, e.g. a DocumentSet, or a list), searched with the knowledge base and
-        merged by :func:`rag.index.asearch_many` (rank fusion; each chunk keeps its own BM25 score). ``reference_text``: pasted text whose chunks are sources [1].. in reading
-        order; with it, retrieval runs only if ``retrieve=True`` (default: retrieve when there is no
-        reference text).
+        ``documents``: the user's uploads (one retriever, e.g. a DocumentSet, or a list), searched
+        with the knowledge base and merged by :func:`rag.index.asearch_many` (rank fusion; each
+        chunk keeps its own BM25 score). ``reference_text``: pasted text whose chunks are sources
+        [1].. in reading order; with it, retrieval runs only if ``retrieve=True`` (default: retrieve
+        when there is no reference text). Only sources at or above ``min_source_score`` go into
+        the prompt.
         """
         options = options or RoutingOptions.from_settings(self.settings)
         turn = _Turn(started=time.perf_counter())
@@ -239,7 +241,7 @@ class Pipeline:
         if monitor is not None and monitor.fired:
             turn.metrics.confidence = token_confidence(response.token_logprobs, options.confidence_quantile)
             return monitor.fired, True, "answer"
-        assessment = assess(response.text, response.token_logprobs, sources, options)
+        assessment = assess(response.text, response.token_logprobs, sources, options, supported=turn.supported)
         turn.metrics.confidence = assessment.confidence
         if mode is RoutingMode.AUTOMATIC and assessment.escalate:
             return assessment.reason, False, "answer"

@@ -230,6 +230,8 @@ def assess(
     token_logprobs: Sequence[float] | None,
     sources: Sequence,
     options: RoutingOptions,
+    *,
+    supported: bool | None = None,
 ) -> Assessment:
     """Should the large model answer instead of this (small model) answer?
 
@@ -238,7 +240,8 @@ def assess(
     escalate, nor does a decline without support (it is the right answer); see the module docstring.
     """
     confidence = token_confidence(token_logprobs, options.confidence_quantile)
-    supported = retrieval_supported(sources, options.min_source_score)
+    if supported is None:  # the caller may know better (a pasted reference text always supports)
+        supported = retrieval_supported(sources, options.min_source_score)
     declined = looks_declined(text)
     chars = len(text.strip())
 

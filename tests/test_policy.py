@@ -159,6 +159,12 @@ def test_no_support_alone_does_not_escalate_but_is_named_when_weak():
     assert weak.reasons == ["answer 9 chars < 40", "no source above score 1"]
 
 
+def test_caller_can_state_support():
+    # A pasted reference text supports the question whatever its chunks' scores.
+    result = assess("The documents do not cover this.", None, [source(0.4)], OPTIONS, supported=True)
+    assert result.escalate and result.supported and result.reasons[0] == "declined"
+
+
 def test_missing_logprobs_fall_back_to_other_signals():
     long_result = assess(LONG_ANSWER, None, [source(4.2)], OPTIONS)
     assert not long_result.escalate and not long_result.confidence_available
