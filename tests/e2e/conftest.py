@@ -159,4 +159,22 @@ def ask(page, question: str) -> None:
     """Send once the app can take it: while a task runs (or attachments upload) there is no enabled send button."""
     page.locator("#chat-input").fill(question)
     page.wait_for_function("() => { const b = document.querySelector('#chat-submit'); return b && !b.disabled; }")
+    finished_answers[id(page)] = page.locator(FINISHED_ANSWER).count()
     page.locator("#chat-submit").click()
+
+
+ASSISTANT = '[data-step-type="assistant_message"]'
+FINISHED_ANSWER = f'{ASSISTANT}:has-text("Answered by"), {ASSISTANT}:has-text("No model answered")'
+finished_answers: dict[int, int] = {}  # page -> finished answers on it when the last question was sent
+
+
+def wait_for_answer(page, timeout_s: float = 90) -> str:
+    """The text of the answer to the last question sent with :func:`ask`, once it has finished."""
+    before = finished_answers.get(id(page), 0)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        answers = page.locator(FINISHED_ANSWER)
+        if answers.count() > before:
+            return answers.last.inner_text()
+        time.sleep(0.1)
+    raise AssertionError(f"no finished answer; page shows: {page.locator('body').inner_text()[-2000:]}")

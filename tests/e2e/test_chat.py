@@ -6,25 +6,12 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import AppServer, ask, make_app_root, open_chat
+from tests.e2e.conftest import ASSISTANT, AppServer, ask, make_app_root, open_chat, wait_for_answer
 
 pytestmark = pytest.mark.e2e
 
-ASSISTANT = '[data-step-type="assistant_message"]'
-
-
 def last_answer(page):
     return page.locator(ASSISTANT).last
-
-
-def wait_for_answer_footer(page, timeout_s: float = 90) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        text = last_answer(page).inner_text() if page.locator(ASSISTANT).count() else ""
-        if "Answered by" in text or "No model answered" in text:
-            return text
-        time.sleep(0.1)
-    raise AssertionError(f"no finished answer; page shows: {page.locator('body').inner_text()[-2000:]}")
 
 
 def test_answer_streams_token_by_token_and_finishes(page, app_server):
@@ -43,7 +30,7 @@ def test_answer_streams_token_by_token_and_finishes(page, app_server):
             if text.strip():
                 lengths.append(len(text))
         time.sleep(0.05)
-    final = wait_for_answer_footer(page)
+    final = wait_for_answer(page)
     growth = sorted(set(lengths))
     assert len(growth) >= 3, f"the answer did not grow while streaming: {lengths[:20]}"
     assert f"Answered by {app_server.small_model}" in final.replace("`", "")
@@ -60,7 +47,7 @@ def test_unreachable_model_server_gives_a_clear_message_and_the_app_keeps_workin
         open_chat(page, dead)
         assert "not available" in page.locator("body").inner_text()
         ask(page, "What is in the knowledge folder?")
-        text = wait_for_answer_footer(page, 30)
+        text = wait_for_answer(page, 30)
         assert "Cannot reach the model server" in text
         assert "foundry service start" in text and "ASSISTANT_MODEL_ENDPOINT" in text
         # The app is still alive: a second question gets the same clear answer, not a crash.
@@ -73,7 +60,7 @@ def test_unreachable_model_server_gives_a_clear_message_and_the_app_keeps_workin
 def test_knowledge_answer_cites_its_file_and_the_source_opens_with_its_text(page, app_server):
     open_chat(page, app_server)
     ask(page, "What is the internal code name of the assistant?")
-    final = wait_for_answer_footer(page)
+    final = wait_for_answer(page)
     assert "overview.md" in final.lower()  # element links render in capitals
     retrieval = page.get_by_text("Used Retrieval").last
     retrieval.click()
@@ -86,7 +73,7 @@ def test_knowledge_answer_cites_its_file_and_the_source_opens_with_its_text(page
 def test_metrics_bar_details_and_latency_chart_render(page, app_server):
     open_chat(page, app_server)
     ask(page, "What does the metrics bar show?")
-    wait_for_answer_footer(page)
+    wait_for_answer(page)
     bar = page.locator('[data-testid="metrics-bar"]').last
     assert app_server.small_model in bar.inner_text()
     tokens = bar.locator('[data-testid="metrics-tokens"]').inner_text()

@@ -10,8 +10,7 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import AppServer, ask, make_app_root, open_chat
-from tests.e2e.test_chat import ASSISTANT, wait_for_answer_footer
+from tests.e2e.conftest import ASSISTANT, AppServer, ask, make_app_root, open_chat, wait_for_answer
 from tests.fake_openai_server import FakeOpenAIServer, Script
 
 pytestmark = pytest.mark.e2e
@@ -55,11 +54,11 @@ def test_pinning_each_model_changes_the_answering_model(page, scripted_app, fake
 
     pin(page, "gpt-oss-20b only")
     ask(page, "What does the router do?")
-    assert f"Answered by {LARGE}" in wait_for_answer_footer(page).replace("`", "")
+    assert f"Answered by {LARGE}" in wait_for_answer(page).replace("`", "")
 
     pin(page, "phi-4-mini only")
     ask(page, "And what does it do first?")
-    assert f"Answered by {SMALL}" in wait_for_answer_footer(page).replace("`", "")
+    assert f"Answered by {SMALL}" in wait_for_answer(page).replace("`", "")
     asked = [r.model for r in fake_models.requests]
     assert asked[-2:] == [LARGE, SMALL]
 
@@ -69,7 +68,7 @@ def test_short_answer_escalates_visibly_with_its_reason(page, scripted_app, fake
     fake_models.script(LARGE, CONFIDENT)
     open_chat(page, scripted_app)
     ask(page, "Explain the escalation policy.")
-    final = wait_for_answer_footer(page).replace("`", "")
+    final = wait_for_answer(page).replace("`", "")
     assert f"Answered by {LARGE}" in final
     step = page.get_by_text("escalated:").first
     step.wait_for()

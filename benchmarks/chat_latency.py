@@ -1,0 +1,144 @@
+"""What the app adds: time to first token seen in the browser next to the model server's own.
+
+    python -m benchmarks.chat_latency [--questions 5] [--model-endpoint URL --small-model ALIAS]
+
+Starts the embedded llama.cpp model (unless an endpoint is given) and the real Chainlit app in a
+temporary app root, opens it in headless chromium, and for each question records:
+
+* browser TTFT: from the click on send to the first answer text in the page (``performance.now()``
+  in a MutationObserver);
+* server TTFT: the model call's own time from request to first token, as the app's client measured
+  it (the metrics the app stores for the conversation);
+* the difference: retrieval, prompt building, websocket and rendering.
+
+Also prints the app's start time (process start to /health, and to the welcome message in the page).
+Routing is pinned to the small model so each answer is one model call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from assistant.embedded import EmbeddedModelServer, default_model_path
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, FINISHED_ANSWER, AppServer, make_app_root
+
+QUESTIONS = [
+    "What is the internal code name of the assistant?",
+    "How does the router decide to escalate?",
+    "Which BM25 backends are available?",
+    "How are uploads kept private?",
+    "What does the metrics bar show?",
+    "What is the embedded fallback model?",
+    "How is cloud cost simulated?",
+    "How do I point the app at Foundry Local?",
+]
+
+OBSERVER = """
+(before) => {
+  if (window.__observer) window.__observer.disconnect();
+  window.__firstText = null;
+  window.__sentAt = null;
+  const obs = new MutationObserver(() => {
+    const answers = document.querySelectorAll('[data-step-type="assistant_message"]');
+    if (window.__sentAt !== null && window.__firstText === null && answers.length > before) {
+      const text = answers[answers.length - 1].innerText.trim();
+      if (text.length > 0) window.__firstText = performance.now();
+    }
+  });
+  window.__observer = obs;
+  obs.observe(document.body, {childList: true, subtree: true, characterData: true});
+  document.querySelector('#chat-submit').addEventListener('click', () => { window.__sentAt = performance.now(); },
+                                                           {capture: true, once: true});
+}
+"""
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def run(endpoint: str, small: str, large: str, questions: list[str]) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    root = make_app_root(Path(tempfile.mkdtemp(prefix="chat-latency-")))
+    app = AppServer(root, endpoint, small, large, extra_env={"ASSISTANT_ROUTING_MODE": "small"})
+    started = time.perf_counter()
+    app.start()
+    healthy_s = time.perf_counter() - started
+    rows = []
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(app.url)
+            page.get_by_text("Answers come from your documents").first.wait_for(timeout=60_000)
+            welcome_s = time.perf_counter() - started
+            for number, question in enumerate(questions):
+                print(f"question {number + 1}/{len(questions)}", flush=True)
+                before = page.locator('[data-step-type="assistant_message"]').count()
+                page.locator("#chat-input").fill(question)
+                page.wait_for_function("() => { const b = document.querySelector('#chat-submit'); return b && !b.disabled; }")
+                page.evaluate(OBSERVER, before)
+                finished_before = page.locator(FINISHED_ANSWER).count()
+                page.locator("#chat-submit").click()
+                deadline = time.monotonic() + 180
+                while page.locator(FINISHED_ANSWER).count() <= finished_before:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"no answer to {question!r}")
+                    time.sleep(0.05)
+                browser_ttft = page.evaluate("window.__firstText - window.__sentAt")
+                thread = page.url.rsplit("/", 1)[-1]
+                state = json.loads((app.data_dir / "conversations" / f"{thread}.json").read_text())
+                turn = state["metrics"]["turns"][-1]
+                leg = turn["legs"][0]
+                rows.append({
+                    "question": question,
+                    "browser_ttft_ms": browser_ttft,
+                    "server_ttft_ms": leg["ttft_ms"],
+                    "retrieval_ms": turn["retrieval_ms"],
+                    "prompt_ms": turn["prompt_ms"],
+                    "prompt_tokens": leg["prompt_tokens"],
+                })
+            browser.close()
+    finally:
+        app.stop()
+    return {"app_healthy_s": healthy_s, "welcome_visible_s": welcome_s, "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--questions", type=int, default=5)
+    parser.add_argument("--model-endpoint", default="")
+    parser.add_argument("--small-model", default="")
+    args = parser.parse_args(argv)
+    questions = (QUESTIONS * 4)[: args.questions]
+    if args.model_endpoint:
+        result = run(args.model_endpoint, args.small_model, args.small_model, questions)
+    else:
+        with EmbeddedModelServer(default_model_path()) as model:
+            result = run(model.base_url, model.small_name, model.large_name, questions)
+    print(f"app start: /health after {result['app_healthy_s']:.2f} s, welcome in the browser after "
+          f"{result['welcome_visible_s']:.2f} s")
+    print(f"{'question':48} {'browser TTFT':>13} {'server TTFT':>12} {'app adds':>9} {'retrieval':>10} {'prompt':>7}")
+    for row in result["rows"]:
+        print(f"{row['question'][:48]:48} {row['browser_ttft_ms']:>10.0f} ms {row['server_ttft_ms']:>9.0f} ms "
+              f"{row['browser_ttft_ms'] - row['server_ttft_ms']:>6.0f} ms {row['retrieval_ms']:>7.1f} ms "
+              f"{row['prompt_ms']:>4.1f} ms")
+    browser_ms = [r["browser_ttft_ms"] for r in result["rows"]]
+    server_ms = [r["server_ttft_ms"] for r in result["rows"]]
+    added = [b - s for b, s in zip(browser_ms, server_ms)]
+    print(f"{'median':48} {statistics.median(browser_ms):>10.0f} ms {statistics.median(server_ms):>9.0f} ms "
+          f"{statistics.median(added):>6.0f} ms")
+    print(f"{'p95':48} {percentile(browser_ms, 0.95):>10.0f} ms {percentile(server_ms, 0.95):>9.0f} ms "
+          f"{percentile(added, 0.95):>6.0f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
