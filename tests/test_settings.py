@@ -1,0 +1,63 @@
+import subprocess
+import sys
+
+import pytest
+
+from assistant.settings import PROJECT_ROOT, RoutingMode, SettingsError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("ASSISTANT_") or name in ("FOUNDRY_LOCAL_ENDPOINT", "DATABASE_URL"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+def test_defaults_work_without_any_configuration():
+    settings = load_settings()
+    assert settings.model_endpoint == "http://localhost:5272/v1"
+    assert (settings.small_model, settings.large_model) == ("phi-4-mini", "gpt-oss-20b")
+    assert settings.routing_mode is RoutingMode.AUTOMATIC
+    assert settings.sqlalchemy_url.startswith("sqlite+aiosqlite:///")
+
+
+def test_foundry_local_endpoint_is_honoured_and_normalised(monkeypatch):
+    monkeypatch.setenv("FOUNDRY_LOCAL_ENDPOINT", "http://127.0.0.1:61234/")
+    assert load_settings().model_endpoint == "http://127.0.0.1:61234/v1"
+    monkeypatch.setenv("ASSISTANT_MODEL_ENDPOINT", "http://127.0.0.1:8080/v1")
+    assert load_settings().model_endpoint == "http://127.0.0.1:8080/v1"  # the app-specific name wins
+
+
+def test_dotenv_file_is_read(tmp_path):
+    (tmp_path / ".env").write_text("ASSISTANT_SMALL_MODEL=qwen2.5-0.5b\nASSISTANT_TOP_K=7\n")
+    settings = load_settings()
+    assert settings.small_model == "qwen2.5-0.5b" and settings.top_k == 7
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("ASSISTANT_TOP_K", "many"),
+        ("ASSISTANT_MODEL_ENDPOINT", "localhost:5272"),
+        ("ASSISTANT_ROUTING_MODE", "sometimes"),
+        ("ASSISTANT_CONFIDENCE_THRESHOLD", "1.5"),
+        ("ASSISTANT_CONNECT_TIMEOUT_S", "0"),
+    ],
+)
+def test_an_invalid_value_stops_with_a_message_naming_the_setting(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert name in str(caught.value)
+    assert repr(value) in str(caught.value)
+
+
+def test_launcher_refuses_an_invalid_setting_before_starting_anything(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "ASSISTANT_MAX_TOKENS": "-5", "HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "assistant.launch", "--port", "1"], cwd=PROJECT_ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "ASSISTANT_MAX_TOKENS" in result.stderr
