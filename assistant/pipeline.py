@@ -28,13 +28,13 @@ from typing import AsyncIterator, Protocol, Sequence
 
 from assistant.events import AnswerStarted, Escalated, Notice, PromptBuilt, SourcesFound, Token, TurnFinished
 from assistant.settings import RoutingMode
-from rag.index import asearch_many
+from rag.index import asearch_many, fuse_rankings
 from rag.prompt import build_grounded_messages, cited_numbers, reference_text_sources
 from rag.tokens import count_tokens
 from rag.types import ScoredChunk
 from routing.client import ModelClient, ModelServerError, Response
 from routing.metrics import LegMetrics, Price, TurnMetrics, prices_from_settings
-from routing.policy import EarlyMonitor, RoutingOptions, assess, refine_reason, retrieval_supported, token_confidence
+from routing.policy import EarlyMonitor, RoutingOptions, assess, refine_reason, token_confidence
 
 REFINE_INSTRUCTION = (
     "Above is a draft answer to my question. Check it against the numbered sources: correct anything "
@@ -113,17 +113,27 @@ class Pipeline:
             documents = []
         elif hasattr(documents, "search"):  # one retriever (a DocumentSet) rather than a list of them
             documents = [documents]
-        retrievers = [*documents, *([self.knowledge] if self.knowledge is not None else [])]
         notices: list[Notice] = []
-        if should_retrieve and retrievers:
+        upload_hits: list[ScoredChunk] = []
+        knowledge_hits: list[ScoredChunk] = []
+        if should_retrieve:
             try:
-                retrieved = await asearch_many(retrievers, question, self.settings.top_k)
+                if documents:
+                    upload_hits = await asearch_many(documents, question, self.settings.top_k)
+                if self.knowledge is not None:
+                    knowledge_hits = await asearch_many([self.knowledge], question, self.settings.top_k)
             except Exception as exc:  # a broken index must not lose the turn: answer without sources
                 notices.append(Notice("warning", f"The document search failed ({exc}); answering without sources."))
+        retrieved = fuse_rankings([upload_hits, knowledge_hits], self.settings.top_k)
         reference = reference_text_sources(reference_text, self.settings.chunk_tokens) if reference_text else []
         turn.metrics.retrieval_ms = (time.perf_counter() - t0) * 1000
-        supported_retrieved = [s for s in retrieved if s.score >= options.min_source_score]
-        turn.supported = bool(reference) or retrieval_supported(retrieved, options.min_source_score)
+        # The score floor is calibrated on the shared knowledge base. A conversation's uploads form a tiny
+        # collection whose BM25 scores run far lower (idf from a handful of chunks), and the user chose them
+        # for this conversation: any match of the question's terms counts as support there.
+        supporting = {id(s) for s in upload_hits if s.score > 0}
+        supporting |= {id(s) for s in knowledge_hits if s.score >= options.min_source_score}
+        supported_retrieved = [s for s in retrieved if id(s) in supporting]
+        turn.supported = bool(reference) or bool(supported_retrieved)
         turn.sources_found = len(reference) + len(supported_retrieved)
         yield SourcesFound(
             query=question,

@@ -57,12 +57,15 @@ def search_many(retrievers: Sequence[Retriever], query: str, k: int) -> list[Sco
     first). Each returned chunk keeps its raw BM25 score from its own index, so a minimum-score check
     still means "matched the query's terms this well"; the list is in fused order, not score order.
     """
+    return fuse_rankings([r.search(query, k) if r is not None else [] for r in retrievers], k)
+
+
+def fuse_rankings(rankings: Sequence[Sequence[ScoredChunk]], k: int) -> list[ScoredChunk]:
+    """Reciprocal rank fusion of result lists (see :func:`search_many`); ties go to the earlier list."""
     fused: dict[tuple[int, str], float] = {}
     found: dict[tuple[int, str], ScoredChunk] = {}
-    for order, retriever in enumerate(retrievers):
-        if retriever is None:
-            continue
-        for rank, scored in enumerate(retriever.search(query, k), start=1):
+    for order, results in enumerate(rankings):
+        for rank, scored in enumerate(results, start=1):
             key = (order, scored.chunk.id)
             fused[key] = fused.get(key, 0.0) + 1.0 / (RRF_K + rank)
             found.setdefault(key, scored)

@@ -1,0 +1,67 @@
+"""Which retrieved chunks reach the prompt: the score floor holds for the shared knowledge base, while a
+conversation's own uploads (a tiny collection with low BM25 scores) count whenever they match."""
+
+from pathlib import Path
+
+import pytest
+
+from assistant.events import PromptBuilt, SourcesFound
+from assistant.pipeline import Pipeline
+from assistant.settings import Settings
+from rag.documents import DocumentSet
+from rag.knowledge import KnowledgeBase
+from routing.client import ModelClient
+from tests.fake_openai_server import FakeOpenAIServer, Script
+
+SMALL = "Phi-4-mini-instruct-generic-cpu"
+
+
+@pytest.fixture(scope="module")
+def fake():
+    with FakeOpenAIServer() as server:
+        server.default_script = Script(tokens=["The", " answer", " is", " in", " the", " sources", " [1]", "."] * 4,
+                                       logprobs=[-0.01] * 32)
+        yield server
+
+
+def knowledge_base(tmp_path: Path) -> KnowledgeBase:
+    folder = tmp_path / "knowledge"
+    folder.mkdir()
+    (folder / "cooking.md").write_text("# Cooking\n\nBoil the pasta for nine minutes in salted water.\n")
+    (folder / "garden.md").write_text("# Garden\n\nWater the tomatoes every morning before the heat.\n")
+    (folder / "release.md").write_text("# Releases\n\nA release train leaves when the checklist is green.\n")
+    kb = KnowledgeBase(folder, tmp_path / "cache")
+    kb.refresh()
+    return kb
+
+
+async def run(fake, kb, documents, question):
+    settings = Settings(model_endpoint=fake.base_url, _env_file=None, min_source_score=1.0)
+    pipeline = Pipeline(settings, ModelClient.from_settings(settings), kb)
+    events = [event async for event in pipeline.run(question, documents=documents)]
+    await pipeline.client.close()
+    return next(e for e in events if isinstance(e, SourcesFound)), next(e for e in events if isinstance(e, PromptBuilt))
+
+
+async def test_a_one_chunk_upload_reaches_the_prompt_despite_its_low_score(fake, tmp_path):
+    kb = knowledge_base(tmp_path)
+    docs = DocumentSet()
+    upload = tmp_path / "heron.md"
+    upload.write_text("# Heron\n\nThe Heron release train departs every ninth Thursday.\n")
+    docs.add_file(upload, "heron.md")
+    hit = docs.search("When does the Heron release train depart?", 5)[0]
+    assert 0 < hit.score < 1.0  # below the knowledge base's floor: the case this rule exists for
+
+    found, prompt = await run(fake, kb, docs, "When does the Heron release train depart?")
+    used = [s.chunk.source for s in prompt.sources_used]
+    assert used[0] == "heron.md"
+    assert found.supported
+    body = fake.requests[-1].body["messages"][-1]["content"]
+    assert "ninth Thursday" in body
+
+
+async def test_weak_knowledge_matches_stay_out_of_the_prompt(fake, tmp_path):
+    kb = knowledge_base(tmp_path)
+    found, prompt = await run(fake, kb, DocumentSet(), "What colour is the sky on Mars?")
+    assert all(s.score < 1.0 for s in found.sources)
+    assert prompt.sources_used == [] and not found.supported
