@@ -355,6 +355,9 @@ async def finish_answer(question, message, finished: TurnFinished | None, notice
     if message is None:
         message = cl.Message(content="", author=finished.answered_by or "assistant")
     body = finished.text
+    if not finished.supported:
+        body += ("\n\n> ℹ️ Nothing in the knowledge base or this conversation's uploads matched the question, "
+                 "so this answer is not grounded in your documents.")
     for notice in notices:
         icon = {"error": "❌", "warning": "⚠️"}.get(notice.level, "ℹ️")
         body += f"\n\n> {icon} {notice.message}"

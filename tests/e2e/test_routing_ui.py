@@ -94,3 +94,14 @@ def test_stop_button_keeps_the_partial_answer_and_closes_the_upstream_stream(pag
         time.sleep(0.05)
     assert record.client_disconnected, "the upstream stream was left generating"
     assert record.tokens_sent < 150
+
+
+def test_a_question_nothing_matches_is_answered_with_that_said(page, scripted_app, fake_models):
+    fake_models.script(SMALL, CONFIDENT)
+    fake_models.script(LARGE, CONFIDENT)
+    open_chat(page, scripted_app)
+    ask(page, "Zanzibar xylophone quokka?")
+    text = wait_for_answer(page)
+    assert "Nothing in the knowledge base or this conversation's uploads matched the question" in text
+    user_turn = fake_models.requests[-1].body["messages"][-1]["content"]
+    assert user_turn.startswith("There are no sources for this question")  # the model is told to say so too
