@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import re
 import string
 import sys
@@ -53,6 +52,7 @@ from assistant.events import Escalated, Notice, TurnFinished
 from assistant.pipeline import Pipeline
 from assistant.settings import RoutingMode, SettingsError, load_settings
 from routing.client import ModelClient, ModelServerError
+from routing.metrics import mean, percentile
 from routing.policy import RoutingOptions, assess, looks_declined
 
 DEFAULT_MODES = ("small", "large", "automatic")
@@ -151,20 +151,6 @@ def source_recall(expected: Sequence[str] | None, cited_sources: Sequence[str]) 
         return None
     found = sum(any(source_matches(e, s) for s in cited_sources) for e in expected)
     return found / len(expected)
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
-def mean(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -173,9 +173,12 @@ class Pipeline:
         else:
             small = _Leg("small", aliases["small"])
             turn.legs.append(small)
+            # Escalating to the very model that just answered (the embedded model serves both roles until a
+            # second one is configured) would only double the wait: say what would have happened instead.
+            same_model = await self._same_model_for_both(aliases) if mode is RoutingMode.AUTOMATIC else None
             monitor = (
                 EarlyMonitor(options, supported=turn.supported)
-                if mode in (RoutingMode.AUTOMATIC, RoutingMode.DRAFT_THEN_REFINE)
+                if mode in (RoutingMode.AUTOMATIC, RoutingMode.DRAFT_THEN_REFINE) and not same_model
                 else None
             )
             async with aclosing(self._answer(small, grounded.messages, options, monitor)) as leg_events:
@@ -186,7 +189,13 @@ class Pipeline:
                 notices.append(Notice("error", small.reason or "The small model failed."))
             else:
                 escalation, early, purpose = self._decide(mode, small, monitor, prompt_sources, options, turn)
-                if escalation:
+                if escalation and same_model:
+                    notices.append(Notice(
+                        "info",
+                        f"Not escalated ({escalation}): the large role is served by the same model, {same_model}. "
+                        "Configure a larger model to let the router escalate.",
+                    ))
+                elif escalation:
                     small.outcome, small.reason = "escalated", escalation
                     turn.metrics.escalation_reason = escalation
                     yield Escalated(
@@ -239,6 +248,15 @@ class Pipeline:
         )
 
     # ------------------------------------------------------------------------------- helpers
+    async def _same_model_for_both(self, aliases: dict[str, str]) -> str | None:
+        """The served id when both roles resolve to the same model, else None (also when unresolvable)."""
+        try:
+            small = await self.client.resolve(aliases["small"])
+            large = await self.client.resolve(aliases["large"])
+        except ModelServerError:
+            return None
+        return small if small == large else None
+
     def _price(self, leg: _Leg) -> Price:
         # A request that failed before its first token (refused, unreachable) is not billed.
         if leg.outcome == "failed" and leg.response.timings.first_token is None:

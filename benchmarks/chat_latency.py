@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from assistant.embedded import EmbeddedModelServer, default_model_path
+from routing.metrics import percentile
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, FINISHED_ANSWER, AppServer, make_app_root
 
 QUESTIONS = [
@@ -56,11 +57,6 @@ OBSERVER = """
                                                            {capture: true, once: true});
 }
 """
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def run(endpoint: str, small: str, large: str, questions: list[str]) -> dict:
@@ -135,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     added = [b - s for b, s in zip(browser_ms, server_ms)]
     print(f"{'median':48} {statistics.median(browser_ms):>10.0f} ms {statistics.median(server_ms):>9.0f} ms "
           f"{statistics.median(added):>6.0f} ms")
-    print(f"{'p95':48} {percentile(browser_ms, 0.95):>10.0f} ms {percentile(server_ms, 0.95):>9.0f} ms "
-          f"{percentile(added, 0.95):>6.0f} ms")
+    print(f"{'p95':48} {percentile(browser_ms, 95):>10.0f} ms {percentile(server_ms, 95):>9.0f} ms "
+          f"{percentile(added, 95):>6.0f} ms")
     return 0
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from rag.bm25 import BACKENDS, analyze, build_index
 from rag.tokens import count_tokens
+from routing.metrics import percentile
 
 DEFAULT_DIR = Path("/work/shared/datasets/scifact")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(])")
@@ -65,11 +66,6 @@ def rss_bytes() -> int:
         return int(handle.read().split()[1]) * 4096
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
-
-
 def measure(terms: list[list[str]], queries: list[list[str]], backend: str, max_query_seconds: float) -> dict:
     gc.collect()
     before = rss_bytes()
@@ -89,8 +85,8 @@ def measure(terms: list[list[str]], queries: list[list[str]], backend: str, max_
     return {
         "build_s": build_s,
         "memory_mb": memory / 1e6,
-        "p50": percentile(latencies, 0.50),
-        "p95": percentile(latencies, 0.95),
+        "p50": percentile(latencies, 50),
+        "p95": percentile(latencies, 95),
         "qps": 1000 / statistics.mean(latencies),
         "queries": len(latencies),
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 from routing.client import Response, Usage
+from routing.policy import quantile
 
 
 @dataclass(frozen=True)
@@ -149,18 +150,14 @@ class TurnMetrics:
 
 
 def percentile(values: list[float], q: float) -> float | None:
-    """The q-th percentile (0-100) with linear interpolation between closest ranks (numpy's default)."""
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    position = (len(ordered) - 1) * q / 100.0
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    """The q-th percentile (0-100), interpolated as numpy does by default; None for no values."""
+    return quantile(values, q / 100.0) if values else None
 
 
-def mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
+def mean(values: list[float | None]) -> float | None:
+    """The mean of the values that are present; None when there are none."""
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
 
 
 @dataclass

@@ -81,7 +81,8 @@ def test_f1_source_recall_and_percentile():
     assert source_recall(["handbook.md"], ["old-handbook.md"]) == 0.0
     assert source_recall(None, ["a.md"]) is None
     assert source_recall(["settings.md|handbook.md", "x.md"], ["handbook.md"]) == 0.5
-    assert percentile([5, 1, 3, 2, 4], 95) == 5 and percentile([5, 1, 3, 2, 4], 40) == 2
+    # Interpolated between order statistics, as numpy's default (one definition across the project).
+    assert percentile([5, 1, 3, 2, 4], 95) == pytest.approx(4.8) and percentile([5, 1, 3, 2, 4], 40) == pytest.approx(2.6)
 
 
 def test_question_file_errors_name_the_line(tmp_path):
@@ -137,7 +138,8 @@ def test_evaluate_end_to_end_against_the_scripted_server(workspace, monkeypatch,
     assert summaries["automatic"]["models"] == sorted([LARGE, SMALL])
     latencies = [r["latency_ms"] for r in results["small"]]
     assert summaries["small"]["latency_mean_ms"] == pytest.approx(sum(latencies) / 3)
-    assert summaries["small"]["latency_p95_ms"] == max(latencies)
+    low, middle, high = sorted(latencies)
+    assert summaries["small"]["latency_p95_ms"] == pytest.approx(middle + 0.9 * (high - middle))
 
     q_small, q_large, q_auto = (partial_f1 + 1) / 3, 1.0, (partial_f1 + 2) / 3
     routing = report["routing"]

@@ -65,3 +65,19 @@ async def test_weak_knowledge_matches_stay_out_of_the_prompt(fake, tmp_path):
     found, prompt = await run(fake, kb, DocumentSet(), "What colour is the sky on Mars?")
     assert all(s.score < 1.0 for s in found.sources)
     assert prompt.sources_used == [] and not found.supported
+
+
+async def test_no_escalation_to_the_same_model_but_the_reason_is_said(fake, tmp_path):
+    fake.script(SMALL, Script(tokens=["No", "."], logprobs=[-0.01, -0.01]))
+    settings = Settings(model_endpoint=fake.base_url, _env_file=None, small_model="phi-4-mini", large_model=SMALL)
+    pipeline = Pipeline(settings, ModelClient.from_settings(settings), knowledge_base(tmp_path))
+    before = len(fake.requests)
+    events = [event async for event in pipeline.run("When does the release train leave?")]
+    await pipeline.client.close()
+    from assistant.events import Escalated, Notice, TurnFinished
+
+    assert not [e for e in events if isinstance(e, Escalated)]
+    notice = next(e for e in events if isinstance(e, Notice))
+    assert notice.level == "info" and "Not escalated (answer" in notice.message and SMALL in notice.message
+    assert len(fake.requests) - before == 1
+    assert events[-1].answered_by == SMALL and isinstance(events[-1], TurnFinished)

@@ -33,6 +33,13 @@ export default function MetricsBar() {
           {tokens(props.prompt_tokens, props.tokens_estimated)} in / {tokens(props.completion_tokens, props.tokens_estimated)} out
         </Badge>
         <Badge variant="secondary" data-testid="metrics-cost">cloud {usd(props.cost_usd)}</Badge>
+        {legs.length ? (
+          <Badge variant="outline" data-testid="metrics-confidence">
+            {props.confidence === null || props.confidence === undefined
+              ? "confidence n/a (no logprobs)"
+              : `confidence ${props.confidence.toFixed(2)}`}
+          </Badge>
+        ) : null}
         <button className="underline opacity-70" onClick={() => setOpen(!open)} data-testid="metrics-details-toggle">
           {open ? "less" : "details"}
         </button>
@@ -42,9 +49,6 @@ export default function MetricsBar() {
           <div>
             retrieval {ms(props.retrieval_ms)} · prompt {ms(props.prompt_ms)} · generation {ms(props.generation_ms)} ·
             session total {usd(props.session_cost_usd)}
-            {props.confidence === null || props.confidence === undefined
-              ? " · confidence unavailable (no logprobs)"
-              : ` · confidence ${props.confidence.toFixed(2)}`}
           </div>
           {legs.map((leg, i) => (
             <div key={i}>
