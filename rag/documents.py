@@ -9,9 +9,9 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from rag.bm25 import BACKENDS, DEFAULT_BACKEND
+from rag.bm25 import DEFAULT_BACKEND
 from rag.chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP, chunk_sections
-from rag.index import ChunkIndex
+from rag.index import ChunkIndex, check_index_options
 from rag.knowledge import sha256_bytes
 from rag.loaders import LoadError, load_bytes
 from rag.types import Chunk, ScoredChunk
@@ -49,10 +49,7 @@ class DocumentSet:
         chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
         chunk_overlap: int = DEFAULT_OVERLAP,
     ):
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown BM25 backend {backend!r} (choose from {', '.join(BACKENDS)})")
-        if not 0 <= chunk_overlap < chunk_tokens:
-            raise ValueError("chunk_overlap must be at least 0 and smaller than chunk_tokens")
+        check_index_options(backend, chunk_tokens, chunk_overlap)
         self.backend = backend
         self.chunk_tokens = chunk_tokens
         self.chunk_overlap = chunk_overlap

@@ -6,8 +6,15 @@ import asyncio
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
-from rag.bm25 import DEFAULT_BACKEND, BM25Index, analyze, build_index
+from rag.bm25 import BACKENDS, DEFAULT_BACKEND, BM25Index, analyze, build_index
 from rag.types import Chunk, ScoredChunk
+
+
+def check_index_options(backend: str, chunk_tokens: int, chunk_overlap: int) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown BM25 backend {backend!r} (choose from {', '.join(BACKENDS)})")
+    if not 0 <= chunk_overlap < chunk_tokens:
+        raise ValueError("chunk_overlap must be at least 0 and smaller than chunk_tokens")
 
 
 def index_terms(chunk: Chunk) -> list[str]:

@@ -22,9 +22,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rag.bm25 import BACKENDS, DEFAULT_BACKEND, BM25SIndex, build_index
+from rag.bm25 import DEFAULT_BACKEND, BM25SIndex, build_index
 from rag.chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP, chunk_sections
-from rag.index import ChunkIndex, index_terms
+from rag.index import ChunkIndex, check_index_options, index_terms
 from rag.loaders import LoadError, SkippedFile, folder_files, load_bytes, relative_source
 from rag.types import Chunk, ScoredChunk
 
@@ -128,10 +128,7 @@ class KnowledgeBase:
         chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
         chunk_overlap: int = DEFAULT_OVERLAP,
     ):
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown BM25 backend {backend!r} (choose from {', '.join(BACKENDS)})")
-        if not 0 <= chunk_overlap < chunk_tokens:
-            raise ValueError("chunk_overlap must be at least 0 and smaller than chunk_tokens")
+        check_index_options(backend, chunk_tokens, chunk_overlap)
         self.folder = Path(folder)
         self.cache_dir = Path(cache_dir)
         self.backend = backend
