@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import secrets
-import shutil
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from fastapi.responses import FileResponse, Response as HTTPResponse
 
 from assistant.conversations import ConversationStore
 from assistant.demo import install_demo_routes
-from assistant.events import AnswerStarted, Escalated, Notice, PromptBuilt, SourcesFound, Token, TurnFinished
+from assistant.events import AnswerStarted, Escalated, Notice, SourcesFound, Token, TurnFinished
 from assistant.pipeline import Pipeline
 from assistant.settings import RoutingMode, SettingsError, load_settings
 from assistant.storage import LocalFileStorage, ensure_schema
@@ -182,7 +181,7 @@ def session_metrics() -> SessionMetrics:
 
 def chat_settings_widgets(values: dict) -> list:
     defaults = RoutingOptions.from_settings(settings)
-    mode = values.get("mode", defaults.mode.value if hasattr(defaults.mode, "value") else defaults.mode)
+    mode = values.get("mode", RoutingMode(defaults.mode).value)
     return [
         Select(
             id="mode",
@@ -265,7 +264,7 @@ async def on_chat_start() -> None:
 @cl.on_chat_resume
 async def on_chat_resume(thread: dict) -> None:
     state = conversations.load(thread["id"])
-    values = await send_chat_settings(state.get("chat_settings") or {})
+    await send_chat_settings(state.get("chat_settings") or {})
     cl.user_session.set("history", state.get("history") or [])
     docs = documents()
     if docs.documents():
@@ -318,8 +317,6 @@ async def answer(question: str) -> None:
         async for event in pipeline.run(question, history=history, options=options, documents=documents()):
             if isinstance(event, SourcesFound):
                 await ui.show_retrieval(event, options.min_source_score)
-            elif isinstance(event, PromptBuilt):
-                pass
             elif isinstance(event, AnswerStarted):
                 message = cl.Message(content="", author=event.model)
                 streamed = ""
