@@ -255,6 +255,7 @@ async def welcome(values: dict, resumed: bool = False) -> None:
 
 @cl.on_chat_start
 async def on_chat_start() -> None:
+    log.info("new conversation %s", thread_id())
     await asyncio.to_thread(knowledge.refresh)
     values = await send_chat_settings({})
     conversations.update(thread_id(), chat_settings=values)
@@ -263,13 +264,14 @@ async def on_chat_start() -> None:
 
 @cl.on_chat_resume
 async def on_chat_resume(thread: dict) -> None:
+    log.info("resuming conversation %s", thread["id"])
     state = conversations.load(thread["id"])
     await send_chat_settings(state.get("chat_settings") or {})
     cl.user_session.set("history", state.get("history") or [])
-    docs = documents()
-    if docs.documents():
-        names = ", ".join(f"`{d.name}`" for d in docs.documents())
-        await cl.Message(content=f"Restored this conversation's uploads: {names}.", author="assistant").send()
+    # A message sent here can lose a race with the browser loading the thread, so uploads are restored
+    # silently; /docs lists them.
+    restored = documents().documents()
+    log.info("restored %d uploads for %s", len(restored), thread["id"])
 
 
 @cl.on_settings_update

@@ -15,8 +15,21 @@ function tokens(value, estimated) {
   return `${estimated ? "~" : ""}${value ?? 0}`;
 }
 
+// A resumed thread hands props over as a JSON string (Chainlit 2.12 reads the column unparsed).
+function metricsProps() {
+  if (typeof props === "string") {
+    try {
+      return JSON.parse(props);
+    } catch (error) {
+      return {};
+    }
+  }
+  return props || {};
+}
+
 export default function MetricsBar() {
   const [open, setOpen] = useState(false);
+  const props = metricsProps();
   const legs = props.legs || [];
   const rate = props.decode_tokens_per_s;
   return (
