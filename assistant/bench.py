@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from assistant.compare import ModelRun, fmt_ms, fmt_rate, price_for, render_table, role_aliases, run_one
+from assistant.embedded import model_server
 from assistant.settings import SettingsError, load_settings
 from routing.client import ModelClient, ModelServerError
 from routing.metrics import mean, percentile
@@ -208,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="write the full report as JSON ('-' for stdout)")
     parser.add_argument("--markdown", metavar="PATH", help="write a Markdown table")
     parser.add_argument("--quiet", action="store_true", help="no per-round progress lines")
+    parser.add_argument("--embedded", action="store_true",
+                        help="start the bundled SmolLM2 model (llama.cpp) when the endpoint does not answer")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.warmup < 0:
         parser.error("--rounds must be at least 1 and --warmup at least 0")
@@ -221,10 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     json_to_stdout = args.json == "-"
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr if json_to_stdout else sys.stdout, flush=True))
 
-    results = asyncio.run(run_bench(
-        settings, args.models, logprobs_modes=modes, prompt=args.prompt, rounds=args.rounds, warmup=args.warmup,
-        temperature=args.temperature, max_tokens=args.max_tokens, progress=progress,
-    ))
+    with model_server(settings, args.embedded) as (settings, _):
+        results = asyncio.run(run_bench(
+            settings, args.models, logprobs_modes=modes, prompt=args.prompt, rounds=args.rounds, warmup=args.warmup,
+            temperature=args.temperature, max_tokens=args.max_tokens, progress=progress,
+        ))
     report = {
         "endpoint": settings.model_endpoint,
         "prompt": args.prompt,

@@ -18,6 +18,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from assistant.embedded import model_server
 from assistant.settings import SettingsError, load_settings
 from routing.client import ModelClient, ModelServerError, Response
 from routing.metrics import LegMetrics, Price, prices_from_settings
@@ -216,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=None, help="largest answer (default: ASSISTANT_MAX_TOKENS)")
     parser.add_argument("--temperature", type=float, default=None, help="default: ASSISTANT_TEMPERATURE")
     parser.add_argument("--no-logprobs", action="store_true", help="do not request token logprobs")
+    parser.add_argument("--embedded", action="store_true",
+                        help="start the bundled SmolLM2 model (llama.cpp) when the endpoint does not answer")
     args = parser.parse_args(argv)
 
     try:
@@ -229,9 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     temperature = settings.temperature if args.temperature is None else args.temperature
     max_tokens = settings.max_tokens if args.max_tokens is None else args.max_tokens
 
-    runs = asyncio.run(
-        compare(settings, prompt, temperature=temperature, max_tokens=max_tokens, logprobs=not args.no_logprobs)
-    )
+    with model_server(settings, args.embedded) as (settings, _):
+        runs = asyncio.run(
+            compare(settings, prompt, temperature=temperature, max_tokens=max_tokens, logprobs=not args.no_logprobs)
+        )
     if args.json:
         print(json.dumps({
             "endpoint": settings.model_endpoint,

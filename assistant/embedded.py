@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,3 +162,46 @@ def endpoint_answers(endpoint: str, api_key: str = "", timeout_s: float = 2.0) -
         return [m["id"] for m in reply.json().get("data", [])]
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
         return None
+
+
+@contextmanager
+def served_settings(settings, *, log_path: Path | None = None, announce=print):
+    """``(settings, embedded server or None)`` for a model server that answers.
+
+    The configured endpoint when it answers (or when the fallback is off); otherwise the embedded
+    model is started for the duration of the ``with`` block and the settings point at it, with the
+    real model name in both roles.
+    """
+    served = endpoint_answers(settings.model_endpoint, settings.api_key)
+    if served is not None:
+        announce(f"Model server at {settings.model_endpoint} serves: {', '.join(served) or '(nothing)'}")
+        yield settings, None
+        return
+    if not settings.embedded_fallback:
+        announce(f"No model server answers at {settings.model_endpoint} and the embedded fallback is off "
+                 "(ASSISTANT_EMBEDDED_FALLBACK=false).")
+        yield settings, None
+        return
+    announce(f"No model server answers at {settings.model_endpoint}; starting the embedded model.")
+    server = EmbeddedModelServer.from_settings(settings)
+    server.log_path = log_path
+    server.start()
+    announce(f"Embedded llama.cpp server at {server.base_url}: small = {server.small_name}, large = {server.large_name}")
+    try:
+        yield settings.model_copy(update={
+            "model_endpoint": server.base_url,
+            "small_model": server.small_name,
+            "large_model": server.large_name,
+            "embedded_active": True,
+            "configured_endpoint": settings.model_endpoint,
+        }), server
+    finally:
+        server.stop()
+
+
+def model_server(settings, start_embedded: bool):
+    """For the command-line tools: :func:`served_settings` when asked to (``--embedded``), else the settings
+    as they are, so an unreachable endpoint is reported as such. Progress goes to stderr."""
+    if start_embedded:
+        return served_settings(settings, announce=lambda line: print(line, file=sys.stderr, flush=True))
+    return nullcontext((settings, None))

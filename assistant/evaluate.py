@@ -50,6 +50,7 @@ from typing import Sequence
 
 from assistant.events import Escalated, Notice, TurnFinished
 from assistant.pipeline import Pipeline
+from assistant.embedded import model_server
 from assistant.settings import RoutingMode, SettingsError, load_settings
 from routing.client import ModelClient, ModelServerError
 from routing.metrics import mean, percentile
@@ -379,6 +380,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write every answer and the summaries to this file")
     parser.add_argument("--judge-model", metavar="ALIAS", help="grade each answer 1-5 with this model (same endpoint)")
     parser.add_argument("--limit", type=int, help="only the first N questions")
+    parser.add_argument("--embedded", action="store_true",
+                        help="start the bundled SmolLM2 model (llama.cpp) when the endpoint does not answer")
     return parser.parse_args(argv)
 
 
@@ -491,7 +494,8 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     try:
-        return asyncio.run(evaluate(args, settings))
+        with model_server(settings, args.embedded) as (settings, _):
+            return asyncio.run(evaluate(args, settings))
     except QuestionFileError as exc:
         print(f"evaluate: {exc}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from assistant.embedded import EmbeddedModelError, EmbeddedModelServer, endpoint_answers
+from assistant.embedded import EmbeddedModelError, served_settings
 from assistant.settings import PROJECT_ROOT, SettingsError, load_settings
 
 
@@ -31,42 +31,31 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
 
-    env = os.environ.copy()
-    embedded: EmbeddedModelServer | None = None
-    served = endpoint_answers(settings.model_endpoint, settings.api_key)
-    if served is not None:
-        print(f"Model server at {settings.model_endpoint} serves: {', '.join(served) or '(nothing)'}", flush=True)
-    elif not settings.embedded_fallback:
-        print(
-            f"No model server answers at {settings.model_endpoint} and the embedded fallback is off "
-            "(ASSISTANT_EMBEDDED_FALLBACK=false). The app starts and says so in the chat.",
-            flush=True,
-        )
-    else:
-        print(f"No model server answers at {settings.model_endpoint}; starting the embedded model.", flush=True)
-        try:
-            log_dir = settings.data_dir
-            log_dir.mkdir(parents=True, exist_ok=True)
-            embedded = EmbeddedModelServer.from_settings(settings)
-            embedded.log_path = log_dir / "embedded-model.log"
-            embedded.start()
-        except EmbeddedModelError as exc:
-            print(f"Could not start the embedded model: {exc}", file=sys.stderr)
-            return 1
-        print(
-            f"Embedded llama.cpp server at {embedded.base_url}: small = {embedded.small_name}, "
-            f"large = {embedded.large_name}",
-            flush=True,
-        )
-        env.update(
-            ASSISTANT_MODEL_ENDPOINT=embedded.base_url,
-            ASSISTANT_SMALL_MODEL=embedded.small_name,
-            ASSISTANT_LARGE_MODEL=embedded.large_name,
-            ASSISTANT_EMBEDDED_ACTIVE="true",
-            ASSISTANT_CONFIGURED_ENDPOINT=settings.model_endpoint,
-        )
-        env.pop("FOUNDRY_LOCAL_ENDPOINT", None)
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with served_settings(settings, log_path=data_dir / "embedded-model.log", announce=say) as (settings, embedded):
+            env = os.environ.copy()
+            if embedded is not None:
+                env.pop("FOUNDRY_LOCAL_ENDPOINT", None)
+                env.update(
+                    ASSISTANT_MODEL_ENDPOINT=settings.model_endpoint,
+                    ASSISTANT_SMALL_MODEL=settings.small_model,
+                    ASSISTANT_LARGE_MODEL=settings.large_model,
+                    ASSISTANT_EMBEDDED_ACTIVE="true",
+                    ASSISTANT_CONFIGURED_ENDPOINT=settings.configured_endpoint,
+                )
+            return run_app(args, env, started)
+    except EmbeddedModelError as exc:
+        print(f"Could not start the embedded model: {exc}", file=sys.stderr)
+        return 1
 
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def run_app(args, env: dict, started: float) -> int:
     command = [
         sys.executable, "-m", "chainlit", "run", str(PROJECT_ROOT / "app.py"),
         "--headless", "--host", args.host, "--port", str(args.port),
@@ -90,8 +79,6 @@ def main(argv: list[str] | None = None) -> int:
                 app.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 app.kill()
-        if embedded is not None:
-            embedded.stop()
 
 
 if __name__ == "__main__":

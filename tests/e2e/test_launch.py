@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -79,3 +80,19 @@ def test_start_command_starts_nothing_when_the_configured_server_answers(tmp_pat
             output = stop(process)
     assert "serves: Phi-4-mini-instruct-generic-cpu, gpt-oss-20b-generic-cpu" in output
     assert "embedded" not in output.lower()
+
+
+def test_bench_with_embedded_flag_measures_the_bundled_model_when_nothing_answers():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_") and k != "FOUNDRY_LOCAL_ENDPOINT"}
+    env["ASSISTANT_MODEL_ENDPOINT"] = f"http://127.0.0.1:{free_port()}/v1"
+    result = subprocess.run(
+        [sys.executable, "-m", "assistant.bench", "--embedded", "--models", "small", "--rounds", "2", "--warmup", "0",
+         "--max-tokens", "8", "--json", "-", "--quiet"],
+        cwd=PROJECT, env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "starting the embedded model" in result.stderr
+    report = json.loads(result.stdout)
+    (model,) = report["models"]
+    assert model["model"] == "SmolLM2-135M-Instruct" and model["rounds_ok"] == 2
+    assert 0 < model["ttft_ms"]["mean"] < model["total_ms"]["mean"]
