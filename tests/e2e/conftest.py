@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from assistant.embedded import EmbeddedModelServer, default_model_path, free_port
 
@@ -157,10 +158,20 @@ def open_chat(page, server: AppServer) -> None:
 
 def ask(page, question: str) -> None:
     """Send once the app can take it: while a task runs (or attachments upload) there is no enabled send button."""
-    page.locator("#chat-input").fill(question)
-    page.wait_for_function("() => { const b = document.querySelector('#chat-submit'); return b && !b.disabled; }")
-    finished_answers[id(page)] = page.locator(FINISHED_ANSWER).count()
-    page.locator("#chat-submit").click()
+    # Wait for the previous task to end first: the composer re-renders then and can drop text typed earlier.
+    page.wait_for_function("() => !document.querySelector('#stop-button') && !!document.querySelector('#chat-submit')",
+                           timeout=180_000)
+    for _ in range(3):
+        page.locator("#chat-input").fill(question)
+        try:
+            page.wait_for_function(
+                "() => { const b = document.querySelector('#chat-submit'); return b && !b.disabled; }", timeout=10_000)
+        except PlaywrightTimeout:
+            continue  # the text was dropped by a re-render, or uploads are still going: type it again
+        finished_answers[id(page)] = page.locator(FINISHED_ANSWER).count()
+        page.locator("#chat-submit").click()
+        return
+    raise AssertionError(f"could not send {question!r}")
 
 
 ASSISTANT = '[data-step-type="assistant_message"]'
