@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rag.bm25 import DEFAULT_BACKEND
-from rag.chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP, chunk_sections
+from rag.chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP
 from rag.index import ChunkIndex, check_index_options
 from rag.knowledge import sha256_bytes
-from rag.loaders import LoadError, load_bytes
+from rag.loaders import LoadError, document_chunks, load_bytes
 from rag.types import Chunk, ScoredChunk
 
 STATE_VERSION = 1
@@ -89,15 +89,7 @@ class DocumentSet:
         with self._lock:
             self._refuse_duplicate(name, digest)
             name = self._unique_name(name)
-            chunks = chunk_sections(
-                document.sections,
-                source=name,
-                title=document.title,
-                chunk_tokens=self.chunk_tokens,
-                overlap=self.chunk_overlap,
-            )
-            if not chunks:
-                raise LoadError(f"{name} contains no text.")
+            chunks = document_chunks(document, name, chunk_tokens=self.chunk_tokens, overlap=self.chunk_overlap)
             added = AddedDocument(
                 name=name,
                 sha256=digest,

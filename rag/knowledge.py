@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rag.bm25 import DEFAULT_BACKEND, BM25SIndex, build_index
-from rag.chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP, chunk_sections
+from rag.chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP
 from rag.index import ChunkIndex, check_index_options, index_terms
-from rag.loaders import LoadError, SkippedFile, folder_files, load_bytes, relative_source
+from rag.loaders import LoadError, SkippedFile, document_chunks, folder_files, load_bytes, relative_source
 from rag.types import Chunk, ScoredChunk
 
 log = logging.getLogger(__name__)
@@ -230,18 +230,10 @@ class KnowledgeBase:
     def _process(self, source: str, data: bytes, digest: str) -> _FileRecord:
         try:
             document = load_bytes(data, Path(source).name, source)
+            chunks = document_chunks(document, source, chunk_tokens=self.chunk_tokens, overlap=self.chunk_overlap)
         except LoadError as exc:
             log.warning("Skipped %s: %s", source, exc)
             return _FileRecord(sha256=digest, skipped_reason=str(exc))
-        chunks = chunk_sections(
-            document.sections,
-            source=source,
-            title=document.title,
-            chunk_tokens=self.chunk_tokens,
-            overlap=self.chunk_overlap,
-        )
-        if not chunks:
-            return _FileRecord(sha256=digest, skipped_reason=f"{Path(source).name} contains no text.")
         return _FileRecord(sha256=digest, chunks=chunks, terms=[index_terms(chunk) for chunk in chunks])
 
     def refresh(self) -> RefreshReport:

@@ -15,7 +15,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rag.chunking import Section, split_markdown_sections, split_rst_sections
+from rag.chunking import Section, chunk_sections, split_markdown_sections, split_rst_sections
+from rag.types import Chunk
 
 log = logging.getLogger(__name__)
 
@@ -312,3 +313,13 @@ def load_folder(folder: Path) -> FolderLoad:
             log.warning("Skipped %s: %s", source, exc)
             result.skipped.append(SkippedFile(source, str(exc)))
     return result
+
+
+def document_chunks(document: Document, source: str, *, chunk_tokens: int, overlap: int) -> list[Chunk]:
+    """The chunks of a loaded document; a document without text is a LoadError."""
+    chunks = chunk_sections(
+        document.sections, source=source, title=document.title, chunk_tokens=chunk_tokens, overlap=overlap
+    )
+    if not chunks:
+        raise LoadError(f"{Path(source).name} contains no text.")
+    return chunks
