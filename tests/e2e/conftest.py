@@ -169,12 +169,19 @@ def ask(page, question: str) -> None:
         except PlaywrightTimeout:
             continue  # the text was dropped by a re-render, or uploads are still going: type it again
         finished_answers[id(page)] = page.locator(FINISHED_ANSWER).count()
+        sent_before = page.locator(USER_MESSAGE).count()
         page.locator("#chat-submit").click()
-        return
+        try:  # a click on a button being re-rendered can be lost: check the question appeared
+            page.wait_for_function(f"() => document.querySelectorAll('{USER_MESSAGE}').length > {sent_before}",
+                                   timeout=10_000)
+            return
+        except PlaywrightTimeout:
+            continue
     raise AssertionError(f"could not send {question!r}")
 
 
 ASSISTANT = '[data-step-type="assistant_message"]'
+USER_MESSAGE = '[data-step-type="user_message"]'
 FINISHED_ANSWER = f'{ASSISTANT}:has-text("Answered by"), {ASSISTANT}:has-text("No model answered")'
 finished_answers: dict[int, int] = {}  # page -> finished answers on it when the last question was sent
 
