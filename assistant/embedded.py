@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_TOP_K = 3  # sources per question when the embedded model answers (unless ASSISTANT_TOP_K is set)
 
 
 class EmbeddedModelError(RuntimeError):

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from assistant.embedded import EmbeddedModelServer, default_model_path
+from assistant.embedded import EMBEDDED_TOP_K, EmbeddedModelServer, default_model_path
 from routing.metrics import percentile
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, FINISHED_ANSWER, AppServer, make_app_root
 
@@ -59,11 +59,11 @@ OBSERVER = """
 """
 
 
-def run(endpoint: str, small: str, large: str, questions: list[str]) -> dict:
+def run(endpoint: str, small: str, large: str, questions: list[str], top_k: int) -> dict:
     from playwright.sync_api import sync_playwright
 
     root = make_app_root(Path(tempfile.mkdtemp(prefix="chat-latency-")))
-    app = AppServer(root, endpoint, small, large, extra_env={"ASSISTANT_ROUTING_MODE": "small"})
+    app = AppServer(root, endpoint, small, large, extra_env={"ASSISTANT_ROUTING_MODE": "small", "ASSISTANT_TOP_K": str(top_k)})
     started = time.perf_counter()
     app.start()
     healthy_s = time.perf_counter() - started
@@ -104,7 +104,7 @@ def run(endpoint: str, small: str, large: str, questions: list[str]) -> dict:
             browser.close()
     finally:
         app.stop()
-    return {"app_healthy_s": healthy_s, "welcome_visible_s": welcome_s, "rows": rows}
+    return {"top_k": top_k, "app_healthy_s": healthy_s, "welcome_visible_s": welcome_s, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,20 +112,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--questions", type=int, default=5)
     parser.add_argument("--model-endpoint", default="")
     parser.add_argument("--small-model", default="")
+    parser.add_argument("--top-k", type=int, default=None,
+                        help=f"sources per question (default: {EMBEDDED_TOP_K} on the embedded model, as ./start.sh does; else 5)")
     args = parser.parse_args(argv)
     questions = (QUESTIONS * 4)[: args.questions]
     if args.model_endpoint:
-        result = run(args.model_endpoint, args.small_model, args.small_model, questions)
+        result = run(args.model_endpoint, args.small_model, args.small_model, questions, args.top_k or 5)
     else:
         with EmbeddedModelServer(default_model_path()) as model:
-            result = run(model.base_url, model.small_name, model.large_name, questions)
+            result = run(model.base_url, model.small_name, model.large_name, questions, args.top_k or EMBEDDED_TOP_K)
+    print(f"sources per question (top_k): {result['top_k']}")
     print(f"app start: /health after {result['app_healthy_s']:.2f} s, welcome in the browser after "
           f"{result['welcome_visible_s']:.2f} s")
-    print(f"{'question':48} {'browser TTFT':>13} {'server TTFT':>12} {'app adds':>9} {'retrieval':>10} {'prompt':>7}")
+    print(f"{'question':48} {'browser TTFT':>13} {'server TTFT':>12} {'app adds':>9} {'retrieval':>10} {'prompt':>7} {'prompt tok':>10}")
     for row in result["rows"]:
         print(f"{row['question'][:48]:48} {row['browser_ttft_ms']:>10.0f} ms {row['server_ttft_ms']:>9.0f} ms "
               f"{row['browser_ttft_ms'] - row['server_ttft_ms']:>6.0f} ms {row['retrieval_ms']:>7.1f} ms "
-              f"{row['prompt_ms']:>4.1f} ms")
+              f"{row['prompt_ms']:>4.1f} ms {row['prompt_tokens']:>9}~")
     browser_ms = [r["browser_ttft_ms"] for r in result["rows"]]
     server_ms = [r["server_ttft_ms"] for r in result["rows"]]
     added = [b - s for b, s in zip(browser_ms, server_ms)]
