@@ -35,23 +35,28 @@ def main(argv: list[str] | None = None) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
         with served_settings(settings, log_path=data_dir / "embedded-model.log", announce=say) as (settings, embedded):
-            env = os.environ.copy()
-            if embedded is not None:
-                env.pop("FOUNDRY_LOCAL_ENDPOINT", None)
-                env.update(
-                    ASSISTANT_MODEL_ENDPOINT=settings.model_endpoint,
-                    ASSISTANT_SMALL_MODEL=settings.small_model,
-                    ASSISTANT_LARGE_MODEL=settings.large_model,
-                    ASSISTANT_EMBEDDED_ACTIVE="true",
-                    ASSISTANT_CONFIGURED_ENDPOINT=settings.configured_endpoint,
-                )
-                # The 135M model reads prompts at a few hundred tokens/s on a laptop CPU: three sources
-                # instead of five keep its first token near three seconds. An explicit setting wins.
-                env.setdefault("ASSISTANT_TOP_K", str(EMBEDDED_TOP_K))
+            env = app_environment(settings, os.environ) if embedded is not None else os.environ.copy()
             return run_app(args, env, started)
     except EmbeddedModelError as exc:
         print(f"Could not start the embedded model: {exc}", file=sys.stderr)
         return 1
+
+
+def app_environment(settings, environ) -> dict:
+    """The app's environment when it runs on the embedded model: that server, its real model names."""
+    env = dict(environ)
+    env.pop("FOUNDRY_LOCAL_ENDPOINT", None)
+    env.update(
+        ASSISTANT_MODEL_ENDPOINT=settings.model_endpoint,
+        ASSISTANT_SMALL_MODEL=settings.small_model,
+        ASSISTANT_LARGE_MODEL=settings.large_model,
+        ASSISTANT_EMBEDDED_ACTIVE="true",
+        ASSISTANT_CONFIGURED_ENDPOINT=settings.configured_endpoint,
+    )
+    # The 135M model reads prompts at a few hundred tokens/s on a laptop CPU: three sources instead of
+    # five keep its first token near three seconds. An explicit setting wins.
+    env.setdefault("ASSISTANT_TOP_K", str(EMBEDDED_TOP_K))
+    return env
 
 
 def say(line: str) -> None:

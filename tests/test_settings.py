@@ -61,3 +61,18 @@ def test_launcher_refuses_an_invalid_setting_before_starting_anything(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "ASSISTANT_MAX_TOKENS" in result.stderr
+
+
+def test_app_environment_on_the_embedded_model_names_its_server_and_model_and_reads_fewer_sources():
+    from assistant.launch import app_environment
+
+    settings = load_settings().model_copy(update={
+        "model_endpoint": "http://127.0.0.1:40000/v1", "small_model": "SmolLM2-135M-Instruct",
+        "large_model": "SmolLM2-135M-Instruct", "configured_endpoint": "http://localhost:5272/v1",
+    })
+    env = app_environment(settings, {"FOUNDRY_LOCAL_ENDPOINT": "http://localhost:5272/v1", "PATH": "/bin"})
+    assert "FOUNDRY_LOCAL_ENDPOINT" not in env and env["PATH"] == "/bin"
+    assert env["ASSISTANT_MODEL_ENDPOINT"] == "http://127.0.0.1:40000/v1"
+    assert env["ASSISTANT_SMALL_MODEL"] == env["ASSISTANT_LARGE_MODEL"] == "SmolLM2-135M-Instruct"
+    assert env["ASSISTANT_TOP_K"] == "3"
+    assert app_environment(settings, {"ASSISTANT_TOP_K": "8"})["ASSISTANT_TOP_K"] == "8"  # the user's choice wins
