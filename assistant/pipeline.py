@@ -163,7 +163,7 @@ class Pipeline:
         if mode is RoutingMode.LARGE_ONLY:
             large = _Leg("large", aliases["large"])
             turn.legs.append(large)
-            async with aclosing(self._answer(large, grounded.messages, options, None)) as leg_events:
+            async with aclosing(self._answer(large, grounded.messages, options, None, logprobs=False)) as leg_events:
                 async for event in leg_events:
                     yield event
             final = large
@@ -181,7 +181,9 @@ class Pipeline:
                 if mode in (RoutingMode.AUTOMATIC, RoutingMode.DRAFT_THEN_REFINE) and not same_model
                 else None
             )
-            async with aclosing(self._answer(small, grounded.messages, options, monitor)) as leg_events:
+            # Token logprobs halve llama.cpp's decode speed: ask for them only when a routing decision reads them.
+            decides = mode is RoutingMode.DRAFT_THEN_REFINE or (mode is RoutingMode.AUTOMATIC and not same_model)
+            async with aclosing(self._answer(small, grounded.messages, options, monitor, logprobs=decides)) as leg_events:
                 async for event in leg_events:
                     yield event
             final = small
@@ -210,7 +212,7 @@ class Pipeline:
                     messages = grounded.messages
                     if purpose == "refine":
                         messages = self._refine_messages(question, prompt_sources, history, small.response.text, options)
-                    async with aclosing(self._answer(large, messages, options, None)) as leg_events:
+                    async with aclosing(self._answer(large, messages, options, None, logprobs=False)) as leg_events:
                         async for event in leg_events:
                             yield event
                     if large.outcome == "failed":
@@ -295,14 +297,16 @@ class Pipeline:
             {"role": "user", "content": REFINE_INSTRUCTION},
         ]
 
-    async def _answer(self, leg: _Leg, messages: list[dict], options: RoutingOptions, monitor) -> AsyncIterator[object]:
+    async def _answer(
+        self, leg: _Leg, messages: list[dict], options: RoutingOptions, monitor, *, logprobs: bool
+    ) -> AsyncIterator[object]:
         """Stream one leg as AnswerStarted + Tokens; record its Response and outcome on ``leg``.
 
         A server failure is recorded (outcome "failed", reason = the client's message), not raised.
         CancelledError propagates; the ``async with`` has closed the stream by then.
         """
         stream = self.client.stream(
-            leg.alias, messages, temperature=options.temperature, max_tokens=options.max_tokens, logprobs=True
+            leg.alias, messages, temperature=options.temperature, max_tokens=options.max_tokens, logprobs=logprobs
         )
         leg.response = stream.response
         try:

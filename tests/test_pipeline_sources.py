@@ -81,3 +81,28 @@ async def test_no_escalation_to_the_same_model_but_the_reason_is_said(fake, tmp_
     assert notice.level == "info" and "Not escalated (answer" in notice.message and SMALL in notice.message
     assert len(fake.requests) - before == 1
     assert events[-1].answered_by == SMALL and isinstance(events[-1], TurnFinished)
+
+
+@pytest.mark.parametrize(
+    "mode, small_model, asks_logprobs",
+    [
+        ("automatic", "phi-4-mini", True),  # the router reads the small model's confidence
+        ("draft_refine", "phi-4-mini", True),
+        ("small", "phi-4-mini", False),  # pinned: nothing reads them, and they halve llama.cpp's decode speed
+        ("large", "phi-4-mini", False),
+        ("automatic", "gpt-oss-20b-generic-cpu", False),  # one model serves both roles: no escalation to decide
+    ],
+)
+async def test_logprobs_are_requested_only_when_a_routing_decision_reads_them(fake, tmp_path, mode, small_model,
+                                                                              asks_logprobs):
+    from routing.policy import RoutingOptions
+
+    settings = Settings(model_endpoint=fake.base_url, _env_file=None, small_model=small_model,
+                        large_model="gpt-oss-20b")
+    pipeline = Pipeline(settings, ModelClient.from_settings(settings), knowledge_base(tmp_path))
+    options = RoutingOptions.from_settings(settings).with_overrides({"mode": mode})
+    before = len(fake.requests)
+    [event async for event in pipeline.run("When does the release train leave?", options=options)]
+    await pipeline.client.close()
+    first = fake.requests[before]
+    assert bool(first.body.get("logprobs")) is asks_logprobs
