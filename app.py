@@ -370,10 +370,10 @@ async def finish_answer(question, message, finished: TurnFinished | None, notice
     message.content = body.strip() + ui.ANSWER_FOOTER + footer
     message.elements = elements + [ui.metrics_element(finished.metrics, metrics.total_cost_usd)]
     message.actions = [cl.Action(name="latency_chart", payload={}, label="Latency chart", icon="chart-column")]
-    # send() ends a stream and persists the message; for a message that streamed nothing it creates it.
-    await message.send()
     remember(question, finished.text)
     conversations.update(thread_id(), metrics=metrics.to_dict())
+    # send() ends a stream and persists the message; for a message that streamed nothing it creates it.
+    await message.send()
 
 
 def remember(question: str, answer_text: str) -> None:
