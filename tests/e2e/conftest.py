@@ -170,8 +170,8 @@ def ask(page, question: str) -> None:
             continue  # the text was dropped by a re-render, or uploads are still going: type it again
         finished_answers[id(page)] = page.locator(FINISHED_ANSWER).count()
         sent_before = page.locator(USER_MESSAGE).count()
-        page.locator("#chat-submit").click()
-        try:  # a click on a button being re-rendered can be lost: check the question appeared
+        try:  # the composer can re-render (and drop the text) between the check and the click: verify it was sent
+            page.locator("#chat-submit").click(timeout=5_000)
             page.wait_for_function(f"() => document.querySelectorAll('{USER_MESSAGE}').length > {sent_before}",
                                    timeout=10_000)
             return
