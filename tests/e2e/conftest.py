@@ -177,7 +177,10 @@ def ask(page, question: str) -> None:
             return
         except PlaywrightTimeout:
             continue
-    raise AssertionError(f"could not send {question!r}")
+    shot = PROJECT / "test-artifacts" / f"could-not-send-{int(time.time())}.png"
+    shot.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(shot), full_page=True)
+    raise AssertionError(f"could not send {question!r}; screenshot: {shot}")
 
 
 ASSISTANT = '[data-step-type="assistant_message"]'
