@@ -135,10 +135,7 @@ class DocumentSet:
                     "name": added.name,
                     "sha256": added.sha256,
                     "pages": added.pages,
-                    "chunks": [
-                        {"text": c.text, "title": c.title, "position": c.position, "page": c.page, "tokens": c.tokens}
-                        for c in chunks
-                    ],
+                    "chunks": [chunk.to_record() for chunk in chunks],
                 }
                 for added, chunks in self._documents.values()
             ],
@@ -155,21 +152,7 @@ class DocumentSet:
             )
             for entry in state["documents"]:
                 name = clean_display_name(entry["name"])
-                chunks = []
-                for item in entry["chunks"]:
-                    position = int(item["position"])
-                    page = item.get("page")
-                    chunks.append(
-                        Chunk(
-                            id=f"{name}#{position}",
-                            text=str(item["text"]),
-                            source=name,
-                            title=str(item["title"]),
-                            position=position,
-                            page=None if page is None else int(page),
-                            tokens=int(item.get("tokens", 0)),
-                        )
-                    )
+                chunks = [Chunk.from_record(name, item) for item in entry["chunks"]]
                 pages = entry.get("pages")
                 added = AddedDocument(
                     name=name,

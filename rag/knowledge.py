@@ -91,29 +91,11 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 def _chunk_to_json(chunk: Chunk, terms: list[str]) -> dict:
     # Terms contain no spaces (the analyzer splits on non-word characters): one string loads much faster.
-    return {
-        "text": chunk.text,
-        "title": chunk.title,
-        "position": chunk.position,
-        "page": chunk.page,
-        "tokens": chunk.tokens,
-        "terms": " ".join(terms),
-    }
+    return {**chunk.to_record(), "terms": " ".join(terms)}
 
 
 def _chunk_from_json(source: str, item: dict) -> tuple[Chunk, list[str]]:
-    position = int(item["position"])
-    page = item["page"]
-    chunk = Chunk(
-        id=f"{source}#{position}",
-        text=str(item["text"]),
-        source=source,
-        title=str(item["title"]),
-        position=position,
-        page=None if page is None else int(page),
-        tokens=int(item["tokens"]),
-    )
-    return chunk, str(item["terms"]).split()
+    return Chunk.from_record(source, item), str(item["terms"]).split()
 
 
 class KnowledgeBase:

@@ -15,6 +15,25 @@ class Chunk:
     page: int | None = None  # 1-based PDF page
     tokens: int = 0
 
+    def to_record(self) -> dict:
+        """The chunk as JSON-able data, without its source (stored once per document)."""
+        return {"text": self.text, "title": self.title, "position": self.position, "page": self.page,
+                "tokens": self.tokens}
+
+    @classmethod
+    def from_record(cls, source: str, record: dict) -> "Chunk":
+        position = int(record["position"])
+        page = record.get("page")
+        return cls(
+            id=f"{source}#{position}",
+            text=str(record["text"]),
+            source=source,
+            title=str(record["title"]),
+            position=position,
+            page=None if page is None else int(page),
+            tokens=int(record.get("tokens", 0)),
+        )
+
     @property
     def location(self) -> str:
         where = self.source
