@@ -134,20 +134,25 @@ class EmbeddedModelServer:
         raise EmbeddedModelError(f"The embedded llama.cpp server did not answer within {timeout_s:.0f} s")
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
+        stop_process(self.process, grace_s=5)
 
     def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def stop_process(process: subprocess.Popen | None, grace_s: float = 10) -> None:
+    """Terminate a child process, killing it if it has not exited after ``grace_s`` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=grace_s)
 
 
 def endpoint_answers(endpoint: str, api_key: str = "", timeout_s: float = 2.0) -> list[str] | None:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from assistant.embedded import EMBEDDED_TOP_K, EmbeddedModelError, served_settings
+from assistant.embedded import EMBEDDED_TOP_K, EmbeddedModelError, served_settings, stop_process
 from assistant.settings import PROJECT_ROOT, SettingsError, load_settings
 
 
@@ -81,12 +81,7 @@ def run_app(args, env: dict, started: float) -> int:
     try:
         return app.wait()
     finally:
-        if app.poll() is None:
-            app.terminate()
-            try:
-                app.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                app.kill()
+        stop_process(app)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from assistant.embedded import EmbeddedModelServer, default_model_path, free_port
+from assistant.embedded import EmbeddedModelServer, default_model_path, free_port, stop_process
 
 PROJECT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -87,13 +87,7 @@ class AppServer:
         raise RuntimeError("Chainlit did not become healthy in time")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def restart(self) -> "AppServer":
         self.stop()
