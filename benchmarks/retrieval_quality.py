@@ -2,7 +2,7 @@
 
     python -m benchmarks.retrieval_quality [BEIR_DIR] [--backend rank_bm25|bm25s|both] [--split train]
 
-BEIR_DIR holds corpus.jsonl, queries*.jsonl and qrels*.tsv (default: /work/shared/datasets/scifact,
+BEIR_DIR holds corpus.jsonl, queries*.jsonl and qrels*.tsv (default: ../shared/datasets/scifact beside the project, or $ASSISTANT_SHARED_DIR,
 train split). Documents are indexed as ``title + " " + text``.
 """
 
@@ -14,9 +14,10 @@ import math
 import time
 from pathlib import Path
 
+from benchmarks.data import scifact_dir
 from rag.bm25 import BACKENDS, DEFAULT_B, DEFAULT_IDF, DEFAULT_K1, IDF_KINDS, analyze, build_index, naive_analyze
 
-DEFAULT_DIR = Path("/work/shared/datasets/scifact")
+DEFAULT_DIR = scifact_dir()
 PUBLISHED = [
     ("Pyserini BM25 flat (k1=0.9, b=0.4)", 0.679),
     ("Pyserini BM25 multifield", 0.665),

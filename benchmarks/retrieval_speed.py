@@ -21,11 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.data import scifact_dir
 from rag.bm25 import BACKENDS, analyze, build_index
 from rag.tokens import count_tokens
 from routing.metrics import percentile
 
-DEFAULT_DIR = Path("/work/shared/datasets/scifact")
+DEFAULT_DIR = scifact_dir()
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(])")
 
 

@@ -1,6 +1,6 @@
 """Time from upload to searchable: a 1 MB text file and a 100-page PDF, through the app's own upload path.
 
-    python -m benchmarks.upload_ingest [--corpus /work/shared/datasets/scifact/corpus.jsonl] [--repeat 3]
+    python -m benchmarks.upload_ingest [--corpus ../shared/datasets/scifact/corpus.jsonl] [--repeat 3]
 
 Each run copies the file out of the (simulated) session folder (``save_upload``), parses, chunks and indexes
 it (``DocumentSet.add_file``), and runs one search: the same calls the chat makes. Text comes from a real
@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 
 from assistant.uploads import save_upload
+from benchmarks.data import scifact_dir
 from rag.documents import DocumentSet
 from tests.fixtures.documents import pdf_bytes
 
-DEFAULT_CORPUS = Path("/work/shared/datasets/scifact/corpus.jsonl")
+DEFAULT_CORPUS = scifact_dir() / "corpus.jsonl"
 
 
 def corpus_text(path: Path, chars: int) -> str:

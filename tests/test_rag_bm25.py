@@ -4,9 +4,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.data import scifact_dir
 from rag.bm25 import analyze, build_index
 
-SCIFACT = Path("/work/shared/datasets/scifact/corpus.jsonl")
+SCIFACT = scifact_dir() / "corpus.jsonl"
 
 
 def sample_corpus(limit: int = 1500) -> list[str]:
