@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import chainlit as cl
+from chainlit.data import get_data_layer
 from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
 from chainlit.input_widget import Select, Slider
 from chainlit.server import app as fastapi_app
@@ -17,7 +18,7 @@ from fastapi.responses import FileResponse, Response as HTTPResponse
 
 from assistant.conversations import ConversationStore
 from assistant.demo import install_demo_routes
-from assistant.events import AnswerStarted, Escalated, Notice, SourcesFound, Token, TurnFinished
+from assistant.events import AnswerStarted, Escalated, Notice, Queued, SourcesFound, Token, TurnFinished
 from assistant.pipeline import Pipeline
 from assistant.settings import RoutingMode, SettingsError, load_settings
 from assistant.storage import LocalFileStorage, ensure_schema
@@ -25,7 +26,7 @@ from assistant.uploads import UploadError, save_upload, share_document
 from rag.knowledge import KnowledgeBase
 from rag.documents import DocumentSet
 from rag.loaders import LoadError
-from routing.client import ModelClient, ModelServerError
+from routing.client import ModelClient, resolve_alias
 from routing.metrics import SessionMetrics, TurnMetrics, latency_figure, summary_rows
 from routing.policy import RoutingOptions
 import ui
@@ -81,6 +82,8 @@ MODE_LABELS = {
 @cl.on_app_startup
 async def startup() -> None:
     await ensure_schema(settings.sqlalchemy_url)
+    # Learn the served models now, so that no welcome waits for them (see ModelClient.server_health).
+    await client.server_health(wait_s=0)
     report = await asyncio.to_thread(knowledge.refresh)
     log.info("knowledge: %s", report)
 
@@ -213,13 +216,23 @@ def routing_options() -> RoutingOptions:
 
 
 async def model_status() -> str:
+    """The roles' served models from what the client knows: a welcome never waits for the model server
+    (llama.cpp answers its model list only between generations)."""
+    health = await client.server_health()
     lines = []
     for role, alias in (("small", settings.small_model), ("large", settings.large_model)):
-        try:
-            served = await client.resolve(alias, refresh=True)
-            lines.append(f"- {role}: `{served}`" + (f" (alias `{alias}`)" if served != alias else ""))
-        except ModelServerError as exc:
-            lines.append(f"- {role}: `{alias}` — **not available**: {exc}")
+        if health.models is not None:
+            try:
+                served = resolve_alias(alias, health.models)
+                lines.append(f"- {role}: `{served}`" + (f" (alias `{alias}`)" if served != alias else ""))
+            except Exception as exc:  # ModelNotFound: says what is served instead
+                lines.append(f"- {role}: `{alias}` — **not available**: {exc}")
+        elif health.error is not None:
+            lines.append(f"- {role}: `{alias}` — **not available**: {health.error}")
+        else:
+            lines.append(f"- {role}: `{alias}` (checking the model server…)")
+    if health.models is not None and health.error is not None:
+        lines.append(f"- last check failed: {health.error}")
     return "\n".join(lines)
 
 
@@ -289,6 +302,16 @@ async def on_stop() -> None:
     log.info("user pressed stop in %s", thread_id())
 
 
+@cl.on_chat_end
+async def on_chat_end() -> None:
+    # A chat that goes away while its question waits for the model server leaves the line: the server
+    # never sees a request nobody will read. (An answer already streaming is left to finish and is saved.)
+    task = cl.context.session.current_task
+    if cl.user_session.get("queued") and task is not None and not task.done():
+        log.info("conversation %s left while queued; its question leaves the queue", thread_id())
+        task.cancel()
+
+
 @cl.on_message
 async def on_message(message: cl.Message) -> None:
     # After an edit, Chainlit re-runs this handler without registering it as the current task; Stop needs it.
@@ -308,24 +331,100 @@ async def on_message(message: cl.Message) -> None:
     await answer(text)
 
 
+def queue_text(event: Queued) -> str:
+    ahead = event.position - 1
+    place = "next in line" if ahead == 0 else f"number {event.position} in line ({ahead} ahead of you)"
+    if event.expected_wait_s is None:
+        wait = "the wait is not known yet (no answer has finished since the app started)"
+    else:
+        wait = f"about {max(event.expected_wait_s, 1):.0f} s to wait"
+    return (f"⏳ The model server is answering other questions: you are **{place}**, {wait}. "
+            "This updates while you wait; Stop leaves the line.")
+
+
+PARTIAL_NOTE = (
+    "\n\n---\n*⚠️ This answer was cut short: the app stopped while it was being written. The text above is "
+    "what had arrived; ask again for a full answer.*"
+)
+
+
+class PartialAnswerSaver:
+    """Keeps a streaming answer in the chat database (at most every ``interval_s``), with a note that it is
+    incomplete, so that a crash of the app leaves it in the thread. Writes go straight to the data layer,
+    not to the browser; the final ``send()`` replaces the saved text once the answer ends."""
+
+    def __init__(self, message: cl.Message, interval_s: float = 1.0):
+        self.message = message
+        self.interval_s = interval_s
+        self._last = 0.0
+        self._write: asyncio.Task | None = None
+
+    def streamed(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self._last < self.interval_s or (self._write is not None and not self._write.done()):
+            return
+        self._last = now
+        step = self.message.to_dict()
+        step["output"] = (step.get("output") or "") + PARTIAL_NOTE
+        self._write = asyncio.create_task(self._save(step))
+
+    @staticmethod
+    async def _save(step: dict) -> None:
+        data_layer = get_data_layer()
+        if data_layer is None:
+            return
+        try:
+            await data_layer.create_step(step)  # an upsert in the SQLAlchemy data layer
+        except Exception as exc:  # a failed partial save must not break the answer
+            log.warning("could not save the partial answer: %s", exc)
+
+    async def finish(self) -> None:
+        """Wait for a write in flight, so that it cannot land after (and over) the final message."""
+        if self._write is not None:
+            await asyncio.shield(self._write)
+        self.interval_s = float("inf")
+
+
 async def answer(question: str) -> None:
     history = cl.user_session.get("history") or []
     options = routing_options()
     message: cl.Message | None = None
+    saver: PartialAnswerSaver | None = None
+    waiting: cl.Message | None = None
+    retrieval_shown: asyncio.Task | None = None
     streamed = ""
     finished: TurnFinished | None = None
     notices: list[Notice] = []
     try:
         async for event in pipeline.run(question, history=history, options=options, documents=documents()):
             if isinstance(event, SourcesFound):
-                await ui.show_retrieval(event, options.min_source_score)
+                # Rendered beside the turn, not before it: the request goes to the model server at once.
+                retrieval_shown = asyncio.create_task(ui.show_retrieval(event, options.min_source_score))
+            elif isinstance(event, Queued):
+                cl.user_session.set("queued", True)
+                if waiting is None:
+                    waiting = cl.Message(content=queue_text(event), author="assistant")
+                    await waiting.send()
+                else:
+                    waiting.content = queue_text(event)
+                    await waiting.update()
             elif isinstance(event, AnswerStarted):
+                cl.user_session.set("queued", False)
+                if waiting is not None:
+                    await waiting.remove()
+                    waiting = None
+                if retrieval_shown is not None:
+                    await retrieval_shown
                 message = cl.Message(content="", author=event.model)
+                saver = PartialAnswerSaver(message)
                 streamed = ""
             elif isinstance(event, Token):
                 streamed += event.text
                 await message.stream_token(event.text)
+                saver.streamed()
             elif isinstance(event, Escalated):
+                if saver is not None:
+                    await saver.finish()
                 if message is not None and streamed:
                     await message.remove()
                 title = f"escalated: {event.reason}" + (" (stopped early)" if event.early else "")
@@ -337,6 +436,11 @@ async def answer(question: str) -> None:
             elif isinstance(event, TurnFinished):
                 finished = event
     except asyncio.CancelledError:
+        cl.user_session.set("queued", False)
+        if waiting is not None:
+            await waiting.remove()
+        if saver is not None:
+            await saver.finish()
         stopped = (streamed + "\n\n*Stopped by you; the text above is what the model had written.*").strip()
         if message is None:
             message = cl.Message(content="", author="assistant")
@@ -344,7 +448,14 @@ async def answer(question: str) -> None:
         await message.send()
         remember(question, streamed)
         raise
+    finally:
+        if retrieval_shown is not None and not retrieval_shown.done():
+            await asyncio.shield(retrieval_shown)
 
+    if waiting is not None:
+        await waiting.remove()
+    if saver is not None:
+        await saver.finish()
     await finish_answer(question, message, finished, notices)
 
 
@@ -361,7 +472,14 @@ async def finish_answer(question, message, finished: TurnFinished | None, notice
         icon = {"error": "❌", "warning": "⚠️"}.get(notice.level, "ℹ️")
         body += f"\n\n> {icon} {notice.message}"
     sources_line, elements = ui.source_elements(finished)
-    footer = f"*Answered by `{finished.answered_by}`*" if finished.answered_by else "*No model answered.*"
+    failed = any(notice.level == "error" for notice in notices)
+    if finished.answered_by:
+        footer = f"*Answered by `{finished.answered_by}`*"
+    elif finished.text:
+        cut_by = next((r.model for r in reversed(finished.responses) if r.text), "the model")
+        footer = f"*Cut short: not a complete answer (partial text from `{cut_by}`).*"
+    else:
+        footer = "*No model answered.*"
     if sources_line:
         footer += f"\n\n{sources_line}"
     metrics = session_metrics()
@@ -370,6 +488,9 @@ async def finish_answer(question, message, finished: TurnFinished | None, notice
     message.content = body.strip() + ui.ANSWER_FOOTER + footer
     message.elements = elements + [ui.metrics_element(finished.metrics, metrics.total_cost_usd)]
     message.actions = [cl.Action(name="latency_chart", payload={}, label="Latency chart", icon="chart-column")]
+    if failed or not finished.answered_by:
+        message.actions.insert(0, cl.Action(name="retry_answer", payload={"question": question},
+                                            label="Retry", icon="rotate-ccw"))
     remember(question, finished.text)
     conversations.update(thread_id(), metrics=metrics.to_dict())
     # send() ends a stream and persists the message; for a message that streamed nothing it creates it.
@@ -381,6 +502,16 @@ def remember(question: str, answer_text: str) -> None:
     history = history + [{"role": "user", "content": question}, {"role": "assistant", "content": answer_text}]
     cl.user_session.set("history", history)
     conversations.update(thread_id(), history=history)
+
+
+@cl.action_callback("retry_answer")
+async def on_retry_answer(action: cl.Action) -> None:
+    question = (action.payload or {}).get("question", "")
+    if not question:
+        return
+    cl.context.session.current_task = asyncio.current_task()  # so that Stop cancels the retry too
+    await cl.Message(content=f"Asking again: {question}", author="assistant").send()
+    await answer(question)
 
 
 # ------------------------------------------------------------------------------------------------

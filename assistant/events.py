@@ -1,6 +1,6 @@
 """The events one turn of the pipeline yields, in order. Front ends render these and nothing else.
 
-A turn yields: ``SourcesFound`` -> ``PromptBuilt`` -> ``AnswerStarted`` -> ``Token``... ->
+A turn yields: ``SourcesFound`` -> ``PromptBuilt`` -> ``Queued``* -> ``AnswerStarted`` -> ``Token``... ->
 (``Escalated`` -> ``AnswerStarted`` -> ``Token``...)? -> ``Notice``* -> ``TurnFinished``.
 On a model-server failure the turn still ends with ``TurnFinished``, after a ``Notice`` of level
 "error" that says what to start or set; the text streamed so far is in ``TurnFinished.text``.
@@ -36,6 +36,16 @@ class AnswerStarted:
     alias: str
     model: str  # the served model id that is answering
     purpose: str = "answer"  # "answer", or "refine" in draft-then-refine mode
+
+
+@dataclass
+class Queued:
+    """The model server is busy: this leg waits for a slot (repeated while it waits, about every second)."""
+
+    role: str
+    position: int  # 1 = next
+    waiting: int  # legs waiting, this one included
+    expected_wait_s: float | None  # None until the server has finished a request to estimate from
 
 
 @dataclass

@@ -26,7 +26,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Protocol, Sequence
 
-from assistant.events import AnswerStarted, Escalated, Notice, PromptBuilt, SourcesFound, Token, TurnFinished
+from assistant.events import AnswerStarted, Escalated, Notice, PromptBuilt, Queued, SourcesFound, Token, TurnFinished
 from assistant.settings import RoutingMode
 from rag.index import asearch_many, fuse_rankings
 from rag.prompt import build_grounded_messages, cited_numbers, reference_text_sources
@@ -230,7 +230,12 @@ class Pipeline:
             yield notice
 
         text = final.response.text if final and final.response else ""
-        answered_by = final.response.model if final and final.response and final.response.text else None
+        # Only a finished answer is "answered by" a model; a cut-short one is the model's partial text.
+        answered_by = (
+            final.response.model
+            if final and final.response and final.response.text and final.outcome != "failed"
+            else None
+        )
         turn.metrics.answered_by = answered_by
         turn.metrics.legs = [
             LegMetrics.from_response(leg.role, leg.response, self._price(leg), leg.outcome, leg.reason)
@@ -309,7 +314,13 @@ class Pipeline:
             leg.alias, messages, temperature=options.temperature, max_tokens=options.max_tokens, logprobs=logprobs
         )
         leg.response = stream.response
+        # Wait for a slot of the model server here, not inside it: the wait is visible, a stopped turn leaves
+        # the line without reaching the server, and the first-token limit starts when the request is sent.
+        ticket = self.client.queue.ticket()
         try:
+            async for status in ticket.wait(update_every_s=1.0):
+                yield Queued(role=leg.role, position=status.position, waiting=status.waiting,
+                             expected_wait_s=status.expected_wait_s)
             async with stream:
                 yield AnswerStarted(role=leg.role, alias=leg.alias, model=stream.response.model, purpose=leg.purpose)
                 async for delta in stream:
@@ -325,6 +336,8 @@ class Pipeline:
                 leg.response = exc.partial
             if leg.response.error is None:
                 leg.response.error = str(exc)
+        finally:
+            ticket.release()
 
 
 def _confidence(leg: _Leg, options: RoutingOptions) -> float | None:
