@@ -163,7 +163,11 @@ class ChatClient:
 
     async def finish(self, turn: Turn, timeout_s: float = 120) -> Turn:
         """Wait for the turn's task to end; fill in the final text of its messages."""
-        await self.wait_until(lambda: any(name == "task_end" for _, name, _ in turn.events), timeout_s)
+        def ended() -> bool:  # a task_end after the turn's own task_start (an earlier task's may arrive late)
+            names = [name for _, name, _ in turn.events]
+            return "task_start" in names and "task_end" in names[names.index("task_start"):]
+
+        await self.wait_until(ended, timeout_s)
         turn.ended_at = time.perf_counter()
         turn.contents = {m: self.messages[m].get("output") or "" for m in turn.message_ids if m in self.messages}
         return turn
@@ -184,6 +188,7 @@ class ChatClient:
         async def call() -> None:
             async with httpx.AsyncClient(base_url=self.base_url, timeout=300, headers={"Cookie": self.cookie}) as http:
                 reply = await http.post("/project/action", json={"sessionId": self.session_id, "action": action})
+                turn.events.append((time.perf_counter(), "task_start", {}))
                 turn.events.append((time.perf_counter(), "task_end", {"status": reply.status_code}))
                 self._changed.set()
 
