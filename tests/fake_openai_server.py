@@ -51,6 +51,7 @@ class RequestRecord:
     client_disconnected: bool = False
     completed: bool = False
     ended: float | None = None
+    first_content_at: float | None = None  # when the first content chunk was handed to the server to send
 
 
 class FakeOpenAIServer:
@@ -148,6 +149,8 @@ class FakeOpenAIServer:
                 if want_logprobs:
                     lp = script.logprobs[i] if i < len(script.logprobs) else script.logprobs[-1]
                     choice["logprobs"] = {"content": [{"token": token, "logprob": lp, "bytes": None, "top_logprobs": []}]}
+                if record.first_content_at is None:
+                    record.first_content_at = time.perf_counter()
                 yield _sse({**base, "choices": [choice]})
                 record.tokens_sent = i + 1
             yield _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": script.finish_reason}]})
