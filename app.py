@@ -26,7 +26,7 @@ from assistant.uploads import UploadError, save_upload, share_document
 from rag.knowledge import KnowledgeBase
 from rag.documents import DocumentSet
 from rag.loaders import LoadError
-from routing.client import ModelClient, resolve_alias
+from routing.client import ModelClient, ModelNotFound, resolve_alias
 from routing.metrics import SessionMetrics, TurnMetrics, latency_figure, summary_rows
 from routing.policy import RoutingOptions
 import ui
@@ -225,7 +225,7 @@ async def model_status() -> str:
             try:
                 served = resolve_alias(alias, health.models)
                 lines.append(f"- {role}: `{served}`" + (f" (alias `{alias}`)" if served != alias else ""))
-            except Exception as exc:  # ModelNotFound: says what is served instead
+            except ModelNotFound as exc:  # says what is served instead
                 lines.append(f"- {role}: `{alias}` — **not available**: {exc}")
         elif health.error is not None:
             lines.append(f"- {role}: `{alias}` — **not available**: {health.error}")
@@ -334,10 +334,13 @@ async def on_message(message: cl.Message) -> None:
 def queue_text(event: Queued) -> str:
     ahead = event.position - 1
     place = "next in line" if ahead == 0 else f"number {event.position} in line ({ahead} ahead of you)"
-    if event.expected_wait_s is None:
+    seconds = event.expected_wait_s
+    if seconds is None:
         wait = "the wait is not known yet (no answer has finished since the app started)"
+    elif seconds < 60:  # rounded, so the notice changes (and is re-sent) only when the estimate really moves
+        wait = f"about {max(5 * round(seconds / 5), 5):.0f} s to wait"
     else:
-        wait = f"about {max(event.expected_wait_s, 1):.0f} s to wait"
+        wait = f"about {round(seconds / 60):.0f} min to wait"
     return (f"⏳ The model server is answering other questions: you are **{place}**, {wait}. "
             "This updates while you wait; Stop leaves the line.")
 
@@ -405,7 +408,7 @@ async def answer(question: str) -> None:
                 if waiting is None:
                     waiting = cl.Message(content=queue_text(event), author="assistant")
                     await waiting.send()
-                else:
+                elif waiting.content != queue_text(event):
                     waiting.content = queue_text(event)
                     await waiting.update()
             elif isinstance(event, AnswerStarted):
@@ -441,7 +444,10 @@ async def answer(question: str) -> None:
             await waiting.remove()
         if saver is not None:
             await saver.finish()
-        stopped = (streamed + "\n\n*Stopped by you; the text above is what the model had written.*").strip()
+        if streamed:
+            stopped = (streamed + "\n\n*Stopped by you; the text above is what the model had written.*").strip()
+        else:
+            stopped = "*Stopped by you before the model wrote anything.*"
         if message is None:
             message = cl.Message(content="", author="assistant")
         message.content = stopped
