@@ -8,6 +8,7 @@ import pytest
 
 from assistant.events import AnswerStarted, Escalated, Notice, PromptBuilt, SourcesFound, Token, TurnFinished
 from assistant.pipeline import REFINE_INSTRUCTION, Pipeline
+from assistant.record import TurnRecord
 from assistant.settings import RoutingMode, Settings
 from rag.prompt import NO_SOURCES_NOTE, REFERENCE_SOURCE
 from rag.types import Chunk, ScoredChunk
@@ -93,9 +94,9 @@ def of(events, kind):
     return [e for e in events if isinstance(e, kind)]
 
 
-def finished(events) -> TurnFinished:
+def finished(events) -> TurnRecord:
     assert isinstance(events[-1], TurnFinished)
-    return events[-1]
+    return events[-1].record
 
 
 def kinds(events):
@@ -133,7 +134,7 @@ async def test_confident_long_answer_stays_with_the_small_model(fake):
     assert end.metrics.escalation_reason is None
     assert [leg.outcome for leg in end.metrics.legs] == ["answered"]
     assert end.cited == [1]
-    assert [s.chunk.source for s in end.sources_used][0] == "handbook.md"
+    assert [s.chunk.source for s in end.sources][0] == "handbook.md"
     assert not fake.requests_for(LARGE)
 
 
@@ -298,7 +299,7 @@ async def test_draft_then_refine_sends_the_draft_to_the_large_model(fake):
 
     escalated = of(events, Escalated)[0]
     assert escalated.reason == f"draft {len(draft)} chars >= 200" and not escalated.early
-    assert [(s.role, s.purpose) for s in of(events, AnswerStarted)] == [("small", "answer"), ("large", "refine")]
+    assert [(s.role, s.purpose) for s in of(events, AnswerStarted)] == [("small", "draft"), ("large", "refine")]
     refine_messages = fake.requests_for(LARGE)[0].body["messages"]
     assert refine_messages[-2] == {"role": "assistant", "content": draft}
     assert refine_messages[-1] == {"role": "user", "content": REFINE_INSTRUCTION}
@@ -386,7 +387,7 @@ async def test_no_supporting_source_is_reported_and_the_prompt_says_so(fake):
     found = of(events, SourcesFound)[0]
     assert not found.supported
     end = finished(events)
-    assert not end.supported and end.sources_found == 0 and end.sources_used == []
+    assert not end.supported and end.sources_found == 0 and end.sources == []
     assert NO_SOURCES_NOTE in fake.requests_for(SMALL)[0].body["messages"][-1]["content"]
     # The decline is the right answer here: no escalation.
     assert not of(events, Escalated) and end.answered_by == SMALL
@@ -424,7 +425,7 @@ async def test_reference_text_becomes_the_sources(fake):
     events = await collect(make_pipeline(fake, retriever=knowledge), question="When is the launch?", reference_text=reference)
     assert knowledge.queries == []  # a reference text replaces retrieval unless retrieve=True
     end = finished(events)
-    assert [s.chunk.source for s in end.sources_used] == [REFERENCE_SOURCE]
+    assert [s.chunk.source for s in end.sources] == [REFERENCE_SOURCE]
     assert end.supported
     assert reference in fake.requests_for(SMALL)[0].body["messages"][-1]["content"]
 
