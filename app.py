@@ -19,16 +19,18 @@ from fastapi.responses import FileResponse, Response as HTTPResponse
 from assistant.conversations import ConversationStore
 from assistant.demo import install_demo_routes
 from assistant.page import OfflinePage
-from assistant.events import AnswerStarted, Escalated, Notice, Queued, SourcesFound, Token, TurnFinished
+from assistant.events import AnswerStarted, Escalated, Queued, SourcesFound, Token, TurnFinished
 from assistant.pipeline import Pipeline
+from assistant.record import TurnRecord
 from assistant.settings import RoutingMode, SettingsError, load_settings
 from assistant.storage import LocalFileStorage, ensure_schema
 from assistant.uploads import UploadError, save_upload, share_document
 from rag.knowledge import KnowledgeBase
 from rag.documents import DocumentSet
+from rag.citations import strip_citations
 from rag.loaders import LoadError
 from routing.client import ModelClient, ModelNotFound, resolve_alias
-from routing.metrics import SessionMetrics, TurnMetrics, latency_figure, summary_rows
+from routing.metrics import SessionMetrics, latency_figure, summary_rows
 from routing.policy import RoutingOptions
 import ui
 
@@ -398,8 +400,7 @@ async def answer(question: str) -> None:
     waiting: cl.Message | None = None
     retrieval_shown: asyncio.Task | None = None
     streamed = ""
-    finished: TurnFinished | None = None
-    notices: list[Notice] = []
+    record: TurnRecord | None = None
     try:
         async for event in pipeline.run(question, history=history, options=options, documents=documents()):
             if isinstance(event, SourcesFound):
@@ -432,14 +433,15 @@ async def answer(question: str) -> None:
                     await saver.finish()
                 if message is not None and streamed:
                     await message.remove()
-                title = f"escalated: {event.reason}" + (" (stopped early)" if event.early else "")
+                if event.purpose == "refine":
+                    title = f"draft by {event.from_model}, refining: {event.reason}"
+                else:
+                    title = f"escalated: {event.reason}" + (" (stopped early)" if event.early else "")
                 async with cl.Step(name=title, type="llm", default_open=False, show_input=False) as step:
                     step.output = f"Draft by `{event.from_model}`:\n\n{event.draft or '(empty)'}"
                 message, streamed = None, ""
-            elif isinstance(event, Notice):
-                notices.append(event)
             elif isinstance(event, TurnFinished):
-                finished = event
+                record = event.record
     except asyncio.CancelledError:
         cl.user_session.set("queued", False)
         if waiting is not None:
@@ -454,7 +456,7 @@ async def answer(question: str) -> None:
             message = cl.Message(content="", author="assistant")
         message.content = stopped
         await message.send()
-        remember(question, streamed)
+        remember(question, strip_citations(streamed))
         raise
     finally:
         if retrieval_shown is not None and not retrieval_shown.done():
@@ -464,42 +466,45 @@ async def answer(question: str) -> None:
         await waiting.remove()
     if saver is not None:
         await saver.finish()
-    await finish_answer(question, message, finished, notices)
+    await finish_answer(question, message, record)
 
 
-async def finish_answer(question, message, finished: TurnFinished | None, notices: list[Notice]) -> None:
-    if finished is None:  # the pipeline always ends with TurnFinished; this guards a bug, not a user path
-        finished = TurnFinished(text="", answered_by=None, metrics=TurnMetrics())
+async def finish_answer(question, message, record: TurnRecord | None) -> None:
+    if record is None:  # the pipeline always ends with TurnFinished; this guards a bug, not a user path
+        raise RuntimeError("the turn ended without its record")
     if message is None:
-        message = cl.Message(content="", author=finished.answered_by or "assistant")
-    body = finished.text
-    if not finished.supported:
+        message = cl.Message(content="", author=record.answered_by or "assistant")
+    body = record.display_text()
+    if not record.supported:
         body += ("\n\n> ℹ️ Nothing in the knowledge base or this conversation's uploads matched the question, "
                  "so this answer is not grounded in your documents.")
-    for notice in notices:
+    for notice in record.notices:
         icon = {"error": "❌", "warning": "⚠️"}.get(notice.level, "ℹ️")
         body += f"\n\n> {icon} {notice.message}"
-    sources_line, elements = ui.source_elements(finished)
-    failed = any(notice.level == "error" for notice in notices)
-    if finished.answered_by:
-        footer = f"*Answered by `{finished.answered_by}`*"
-    elif finished.text:
-        cut_by = next((r.model for r in reversed(finished.responses) if r.text), "the model")
+    sources_line, elements = ui.source_elements(record)
+    failed = any(notice.level == "error" for notice in record.notices)
+    if record.answered_by:
+        footer = f"*Answered by `{record.answered_by}`*"
+    elif record.text:
+        cut_by = next((r.model for r in reversed(record.responses) if r.text), "the model")
         footer = f"*Cut short: not a complete answer (partial text from `{cut_by}`).*"
     else:
         footer = "*No model answered.*"
+    routing_line = ui.routing_line(record)
+    if routing_line:
+        footer += f"\n\n{routing_line}"
     if sources_line:
         footer += f"\n\n{sources_line}"
     metrics = session_metrics()
-    if finished.metrics.legs:
-        metrics.add(finished.metrics)
+    if record.metrics.legs:
+        metrics.add(record.metrics)
     message.content = body.strip() + ui.ANSWER_FOOTER + footer
-    message.elements = elements + [ui.metrics_element(finished.metrics, metrics.total_cost_usd)]
+    message.elements = elements + [ui.metrics_element(record, metrics.total_cost_usd)]
     message.actions = [cl.Action(name="latency_chart", payload={}, label="Latency chart", icon="chart-column")]
-    if failed or not finished.answered_by:
+    if failed or not record.answered_by:
         message.actions.insert(0, cl.Action(name="retry_answer", payload={"question": question},
                                             label="Retry", icon="rotate-ccw"))
-    remember(question, finished.text)
+    remember(question, record.history_text())
     conversations.update(thread_id(), metrics=metrics.to_dict())
     # send() ends a stream and persists the message; for a message that streamed nothing it creates it.
     await message.send()
