@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         server = EmbeddedModelServer.from_settings(settings)
         server.threads, server.batch_threads, server.prompt_cache_mb = decode, batch, 0
         with server:
-            asyncio.run(measure(server.base_url, server.small_name, prompts[:1], 4))  # warm-up
+            asyncio.run(measure(server.base_url, server.small_name, [[{"role": "user", "content": "Hi"}]], 4))  # warm-up
             ttfts, rates = asyncio.run(measure(server.base_url, server.small_name, prompts, args.max_tokens))
         rows.append((decode, batch, statistics.median(ttfts), statistics.median(rates) if rates else 0.0))
         print(f"threads {decode} decode / {batch} prompt: TTFT median {rows[-1][2]:.2f} s, decode {rows[-1][3]:.1f} tok/s",
