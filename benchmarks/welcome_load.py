@@ -35,8 +35,11 @@ async def drive(url: str, busy: int, welcomes: int) -> tuple[list[float], int, i
         busy_chats.append(chat)
     turns = [chat.send("Explain in detail how the router, the metrics and the uploads work.") for chat in busy_chats]
     # Wait until the server is generating (the first answer is streaming).
-    await asyncio.wait({asyncio.ensure_future(c.wait_until(lambda t=t: t.first_token_at is not None, 600))
-                        for c, t in zip(busy_chats, turns)}, return_when=asyncio.FIRST_COMPLETED)
+    streaming = {asyncio.ensure_future(c.wait_until(lambda t=t: t.first_token_at is not None, 600))
+                 for c, t in zip(busy_chats, turns)}
+    _, pending = await asyncio.wait(streaming, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
     times = []
     try:
         for _ in range(welcomes):
