@@ -523,8 +523,12 @@ async def on_retry_answer(action: cl.Action) -> None:
     if not question:
         return
     cl.context.session.current_task = asyncio.current_task()  # so that Stop cancels the retry too
-    await cl.Message(content=f"Asking again: {question}", author="assistant").send()
-    await answer(question)
+    await cl.context.emitter.task_start()  # the page shows the turn running (and its Stop button)
+    try:
+        await cl.Message(content=f"Asking again: {question}", author="assistant").send()
+        await answer(question)
+    finally:
+        await cl.context.emitter.task_end()
 
 
 # ------------------------------------------------------------------------------------------------
