@@ -62,7 +62,7 @@ class EmbeddedModelServer:
     small_model_path: Path
     large_model_path: Path | None = None
     threads: int = 1  # decoding: one thread is fastest for a 135M model (benchmarks/embedded_threads.py)
-    batch_threads: int = 2  # prompt reading, which dominates time to first token, gains from a second thread
+    batch_threads: int = 1  # prompt reading: a second thread loses more on a busy CPU than it gains on an idle one
     context: int = 2048
     prompt_cache_mb: int = 512  # 0: no prompt cache
     port: int = field(default_factory=free_port)

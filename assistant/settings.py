@@ -79,7 +79,9 @@ class Settings(BaseSettings):
     configured_endpoint: str = Field(default="", description="Set by the launcher: the endpoint that did not answer.")
     embedded_threads: int = Field(default=1, ge=1, description="CPU threads for the embedded model's decoding.")
     embedded_batch_threads: int = Field(
-        default=2, ge=1, description="CPU threads for the embedded model's prompt reading (benchmarks/embedded_threads.py)."
+        default=1, ge=1,
+        description="CPU threads for the embedded model's prompt reading. One: on a busy 2-core machine a second "
+        "thread made prompt reading 55 % slower (benchmarks/embedded_threads.py); idle, it gained 10-20 %.",
     )
     embedded_prompt_cache_mb: int = Field(
         default=512, ge=0,
