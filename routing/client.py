@@ -12,8 +12,11 @@ the HTTP stream, which makes llama.cpp and Foundry Local stop generating.
 from __future__ import annotations
 
 import asyncio
+import re
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import AsyncIterator, Sequence
 
 import httpx
@@ -175,25 +178,125 @@ class ServerRejected(ModelServerError):
     pass
 
 
-def resolve_alias(alias: str, served: Sequence[str]) -> str:
-    """Exact id first, then a case-insensitive match, then a served id that starts with or contains the alias.
+# Foundry Local's execution-provider variants, and llama.cpp file names' quantisation suffixes.
+_DEVICE_SUFFIX = re.compile(r"-(?:generic|cuda|trt-?rtx|tensorrt|qnn|vitis|openvino|dml|webgpu)?-?(cpu|gpu|npu)$")
+_QUANT_SUFFIX = re.compile(r"[-_.](?:q\d[\w]*|iq\d[\w]*|f16|bf16|fp16|f32|int4|int8)$")
 
-    ``phi-4-mini`` resolves to ``Phi-4-mini-instruct-generic-cpu``. Nothing matching is an error that
-    lists what is served: llama.cpp would otherwise answer an unknown id with its first model.
-    """
+
+@dataclass(frozen=True)
+class ModelName:
+    """A served id taken apart: ``microsoft/Phi-4-mini-instruct-generic-cpu:5`` -> key ``phi4mini``,
+    device ``cpu``, version 5. ``gpt-oss:20b`` -> key ``gptoss``, size tag ``20b``."""
+
+    id: str
+    key: str  # lower case, letters and digits only, no vendor, "-instruct", device, tag or quantisation
+    tag: str = ""  # an Ollama-style size/variant tag ("20b"); not "latest", not a version number
+    version: int | None = None  # Foundry Local's ":N"
+    device: str | None = None  # "cpu", "gpu", "npu"
+
+    @classmethod
+    def parse(cls, model_id: str) -> "ModelName":
+        name = model_id.strip().lower().rsplit("/", 1)[-1]
+        name, _, tag = name.partition(":")
+        if name.endswith(".gguf"):
+            name = name[: -len(".gguf")]
+        name = _QUANT_SUFFIX.sub("", name)
+        device = None
+        found = _DEVICE_SUFFIX.search(name)
+        if found:
+            device, name = found.group(1), name[: found.start()]
+        name = re.sub(r"[-_.]instruct(?=$|[-_.])", "", name)
+        version = int(tag) if tag.isdigit() else None
+        size_tag = "" if tag in ("", "latest") or version is not None else re.sub(r"[^a-z0-9]", "", tag)
+        return cls(model_id, re.sub(r"[^a-z0-9]", "", name), size_tag, version, device)
+
+    @property
+    def full_key(self) -> str:
+        return self.key + self.tag
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Which served id an alias resolved to, how, and (when it was a choice) why that one."""
+
+    alias: str
+    model: str
+    how: str  # "exact", "case", "same name", "same name without tag", "prefix", "contains"
+    candidates: tuple[str, ...] = ()
+    note: str = ""  # for the user: why this variant, when several matched
+
+    def describe(self) -> str:
+        if self.how == "exact":
+            return ""
+        text = f"`{self.alias}` matched `{self.model}` ({self.how})"
+        return text + (f"; {self.note}" if self.note else "")
+
+
+def gpu_available() -> bool:
+    """An NVIDIA GPU with its driver loaded: Foundry Local's CUDA variants can run."""
+    return Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi") is not None
+
+
+def explain_alias(alias: str, served: Sequence[str], *, prefer_gpu: bool | None = None) -> Resolution:
+    """Find each server's own name for the model an alias names (see :func:`resolve_alias`)."""
     if alias in served:
-        return alias
-    wanted = alias.lower()
-    for candidate in served:
-        if candidate.lower() == wanted:
-            return candidate
-    prefixed = sorted((c for c in served if c.lower().startswith(wanted)), key=len)
-    if prefixed:
-        return prefixed[0]
-    contained = sorted((c for c in served if wanted in c.lower()), key=len)
-    if contained:
-        return contained[0]
+        return Resolution(alias, alias, "exact")
+    same_case = [c for c in served if c.lower() == alias.lower()]
+    if same_case:
+        return Resolution(alias, same_case[0], "case", tuple(same_case))
+    wanted = ModelName.parse(alias)
+    names = [ModelName.parse(c) for c in served]
+    tiers = (
+        ("same name", lambda n: n.full_key == wanted.full_key),
+        ("same name without tag", lambda n: n.key == wanted.full_key or n.full_key == wanted.key),
+        ("prefix", lambda n: bool(wanted.full_key) and n.full_key.startswith(wanted.full_key)),
+        ("contains", lambda n: bool(wanted.full_key) and wanted.full_key in n.full_key),
+    )
+    for how, matches in tiers:
+        found = [n for n in names if matches(n)]
+        if found:
+            return _choose(alias, how, found, gpu_available() if prefer_gpu is None else prefer_gpu)
     raise ModelNotFound(alias, served)
+
+
+def _choose(alias: str, how: str, found: list[ModelName], prefer_gpu: bool) -> Resolution:
+    """Of several variants: the device this machine runs best (GPU when one is present, else CPU; the
+    order Foundry Local documents for its own alias resolution), then the newest version, then the
+    shortest id."""
+    preferred = "gpu" if prefer_gpu else "cpu"
+
+    def rank(n: ModelName):
+        device_rank = 0 if n.device in (preferred, None) else 1
+        return (device_rank, -(n.version or 0), len(n.id), n.id)
+
+    ordered = sorted(found, key=rank)
+    chosen = ordered[0]
+    ids = tuple(n.id for n in ordered)
+    if len(ordered) == 1:
+        return Resolution(alias, chosen.id, how, ids)
+    others = ", ".join(f"`{n.id}`" for n in ordered[1:])
+    runner_up = ordered[1]
+    if chosen.device == preferred and runner_up.device not in (preferred, None):
+        why = ("a GPU is present, so the GPU variant" if prefer_gpu
+               else "no GPU found on this machine, so the CPU variant")
+    elif (chosen.version or 0) != (runner_up.version or 0):
+        why = f"the newest version (:{chosen.version})"
+    else:
+        why = "the shortest matching name"
+    return Resolution(alias, chosen.id, how, ids, note=f"chose it over {others}: {why}")
+
+
+def resolve_alias(alias: str, served: Sequence[str], *, prefer_gpu: bool | None = None) -> str:
+    """The served id for an alias: the exact id, else a case-insensitive match, else the same model under
+    the server's own name (vendor prefix, ``:tag``, ``-instruct``, device variant and punctuation ignored:
+    ``phi-4-mini`` finds ``Phi-4-mini-instruct-generic-cpu:5``, ``phi4-mini:latest`` and
+    ``microsoft/Phi-4-mini-instruct``; ``gpt-oss-20b`` finds ``gpt-oss:20b``), else the served id that starts
+    with or contains it. Among several variants the choice is explained by :func:`explain_alias`.
+
+    Nothing matching is an error that lists what is served: llama.cpp would otherwise answer an unknown
+    id with its first model.
+    """
+    return explain_alias(alias, served, prefer_gpu=prefer_gpu).model
 
 
 # --------------------------------------------------------------------------------------------------
@@ -223,6 +326,7 @@ class ModelClient:
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout_s),
         )
         self._resolved: dict[str, str] = {}
+        self.resolutions: dict[str, Resolution] = {}  # alias -> how it was resolved, for the welcome
         self._logprobs_supported: dict[str, bool] = {}
         self._effort_supported: dict[str, bool] = {}
 
@@ -252,9 +356,10 @@ class ModelClient:
         if not refresh and alias in self._resolved:
             return self._resolved[alias]
         served = await self.list_models()
-        model_id = resolve_alias(alias, served)
-        self._resolved[alias] = model_id
-        return model_id
+        resolution = explain_alias(alias, served)
+        self.resolutions[alias] = resolution
+        self._resolved[alias] = resolution.model
+        return resolution.model
 
     def stream(
         self,
