@@ -112,7 +112,7 @@ async def run_one(
     """One streaming call through the pipeline; every failure becomes the run's ``error`` (with whatever
     arrived before it)."""
     options = RoutingOptions.from_settings(pipeline.settings).with_overrides(
-        {"temperature": temperature, "max_tokens": max_tokens}
+        {"temperature": temperature, "max_tokens": max_tokens, "large_max_tokens": max_tokens}
     )
     record = None
     async for event in pipeline.run_messages(messages, role=role, alias=alias, options=options, price=price,

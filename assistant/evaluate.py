@@ -60,7 +60,7 @@ from assistant.settings import RoutingMode, SettingsError, load_settings
 from rag.citations import strip_citations
 from routing.client import ModelClient, ModelServerError
 from routing.metrics import mean, percentile
-from routing.policy import RoutingOptions, looks_declined
+from routing.policy import GROUNDING_SIGNALS, RoutingOptions, looks_declined
 
 DEFAULT_MODES = ("small", "large", "automatic")
 JUDGE_PROMPT = (
@@ -189,6 +189,10 @@ class Result:
     dangling_citations: int = 0  # [n] written by the model that point at no source
     routing_action: str | None = None
     citations: dict | None = None  # per "model"/"app"/"all": citation_counts (questions with expected sources)
+    # Grounding signals (routing.policy.grounding_signals) that fired on the small model's answer, and
+    # whether they decided (the server sent no logprobs, as Foundry Local does).
+    signals: list[str] = field(default_factory=list)
+    signals_decided: bool = False
     f1: float | None = None
     source_recall: float | None = None
     judge: int | None = None
@@ -232,6 +236,10 @@ async def run_question(pipeline: Pipeline, question: Question, mode: str, option
     )
     if mode == RoutingMode.SMALL_ONLY.value:
         result.small_flagged, result.small_confidence = record.routing.would_escalate, record.routing.confidence
+    if mode != RoutingMode.LARGE_ONLY.value:
+        # The router's signals on the first (small) answer, as the record has them.
+        result.signals = sorted(s.name for s in record.routing.signals if s.name in GROUNDING_SIGNALS)
+        result.signals_decided = record.routing.grounding_decided
     if question.reference_answer:
         result.f1 = token_f1(record.text, question.reference_answer)
     result.source_recall = source_recall(question.expected_sources, cited)
@@ -314,6 +322,9 @@ def summarize(results: list[Result]) -> dict:
         "dangling_citations": sum(r.dangling_citations for r in results),
         "errors": sum(bool(r.errors) for r in results),
         "models": sorted({r.answered_by for r in results if r.answered_by}),
+        # How often each grounding signal fired on the small model's answers, and how often they decided.
+        "signals": {name: sum(name in r.signals for r in results) for name in GROUNDING_SIGNALS},
+        "signals_decided": sum(r.signals_decided for r in results),
     }
 
 
@@ -398,6 +409,14 @@ def format_report(summaries: dict[str, dict], routing: dict, judged: bool) -> st
     lines.append("score: F1 vs reference (1/0 for declining an unanswerable question)"
                  + ("; judge 1-5 mapped to 0-1 replaces it" if judged else "")
                  + ". src rec: expected sources among cited ones. ~: token counts estimated (server sent no usage).")
+    for mode, s in summaries.items():
+        if mode == RoutingMode.LARGE_ONLY.value or not s["questions"]:
+            continue
+        fired = ", ".join(f"{name} {count}/{s['questions']}" for name, count in s["signals"].items())
+        lines.append(
+            f"grounding signals on the small answers ({mode}): {fired}; they decided (no logprobs) on "
+            f"{s['signals_decided']}/{s['questions']}."
+        )
     if routing.get("note"):
         lines.append(f"PGR/APGR: {routing['note']}")
     if routing.get("pgr") is not None:
