@@ -19,16 +19,15 @@ from assistant.conversations import ConversationStore
 from assistant.demo import install_demo_routes
 from assistant.page import OfflinePage
 from assistant.events import AnswerStarted, Escalated, SourcesFound, Thinking, ThinkingFinished, Token, TurnFinished
-from assistant.pipeline import Pipeline
+from assistant import wiring
 from assistant.record import TurnRecord
 from assistant.settings import RoutingMode, SettingsError, load_settings
 from assistant.storage import LocalFileStorage, ensure_schema
 from assistant.uploads import UploadError, save_upload, share_document
-from rag.knowledge import KnowledgeBase
 from rag.documents import DocumentSet
 from rag.citations import strip_citations
 from rag.loaders import LoadError
-from routing.client import ModelClient, ModelServerError
+from routing.client import ModelServerError
 from routing.metrics import SessionMetrics, latency_figure, summary_rows
 from routing.policy import RoutingOptions
 import ui
@@ -55,15 +54,8 @@ def _auth_secret() -> str:
 
 os.environ.setdefault("CHAINLIT_AUTH_SECRET", _auth_secret())
 
-client = ModelClient.from_settings(settings)
-knowledge = KnowledgeBase(
-    settings.knowledge_dir,
-    settings.cache_dir / "index",
-    backend=settings.bm25_backend.value,
-    chunk_tokens=settings.chunk_tokens,
-    chunk_overlap=settings.chunk_overlap,
-)
-pipeline = Pipeline(settings, client, knowledge)
+objects = wiring.build(settings)
+client, knowledge, pipeline = objects.client, objects.knowledge, objects.pipeline
 conversations = ConversationStore(settings.data_dir / "conversations")
 file_storage = LocalFileStorage(settings.data_dir / "files")
 documents_by_thread: dict[str, DocumentSet] = {}

@@ -56,7 +56,8 @@ from assistant.events import TurnFinished
 from assistant.pipeline import Pipeline
 from assistant.record import TurnRecord
 from assistant.embedded import model_server
-from assistant.settings import RoutingMode, SettingsError, load_settings
+from assistant import wiring
+from assistant.settings import RoutingMode
 from rag.citations import strip_citations
 from routing.client import ModelClient, ModelServerError
 from routing.metrics import mean, percentile
@@ -464,7 +465,8 @@ async def evaluate(args: argparse.Namespace, settings) -> int:
     questions = load_questions(args.questions)
     if args.limit:
         questions = questions[: args.limit]
-    client = ModelClient.from_settings(settings)
+    objects = wiring.build(settings)
+    client, pipeline = objects.client, objects.pipeline
     try:
         needed = set()
         for mode in args.modes:
@@ -485,8 +487,7 @@ async def evaluate(args: argparse.Namespace, settings) -> int:
             file=sys.stderr,
         )
 
-        knowledge = _knowledge_base(settings)
-        pipeline = Pipeline(settings, client, knowledge=knowledge)
+        _knowledge_base_report(objects.knowledge, settings)
         options = RoutingOptions.from_settings(settings).with_overrides({"temperature": 0.0})
 
         by_mode: dict[str, list[Result]] = {}
@@ -540,29 +541,17 @@ async def evaluate(args: argparse.Namespace, settings) -> int:
         await client.close()
 
 
-def _knowledge_base(settings):
-    from rag.knowledge import KnowledgeBase
-
-    knowledge = KnowledgeBase(
-        settings.knowledge_dir,
-        settings.cache_dir,
-        backend=settings.bm25_backend.value,
-        chunk_tokens=settings.chunk_tokens,
-        chunk_overlap=settings.chunk_overlap,
-    )
+def _knowledge_base_report(knowledge, settings) -> None:
     report = knowledge.refresh()
     print(f"Knowledge base {settings.knowledge_dir}: {report.summary()}", file=sys.stderr)
     if not knowledge.chunk_count:
         print("evaluate: warning: the knowledge base is empty; every answer will be unsupported.", file=sys.stderr)
-    return knowledge
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(exc, file=sys.stderr)
+    settings = wiring.settings_for_command()
+    if settings is None:
         return 2
     try:
         with model_server(settings, args.embedded) as (settings, _):

@@ -74,6 +74,7 @@ class _Leg:
     response: Response | None = None
     outcome: str = "answered"  # "answered", "escalated", "drafted", "cancelled", "failed"
     reason: str | None = None
+    error_kind: str | None = None  # the client's error class when it failed
 
 
 class Pipeline:
@@ -157,7 +158,7 @@ class Pipeline:
                 yield event
         if leg.outcome == "failed":
             decision.action, decision.note = FAILED, leg.reason
-            notices.append(Notice("error", leg.reason or "The model failed."))
+            notices.append(Notice("error", leg.reason or "The model failed.", leg.error_kind))
         for notice in notices:
             yield notice
         metrics = TurnMetrics(total_ms=(time.perf_counter() - started) * 1000)
@@ -332,7 +333,7 @@ class Pipeline:
             leg.outcome = "cancelled"
             raise
         except ModelServerError as exc:
-            leg.outcome, leg.reason = "failed", str(exc)
+            leg.outcome, leg.reason, leg.error_kind = "failed", str(exc), type(exc).__name__
             if exc.partial is not None:
                 leg.response = exc.partial
             if leg.response.error is None:
@@ -351,9 +352,10 @@ class Pipeline:
 
     def _failure_notice(self, leg: _Leg, first: bool, legs: list[_Leg]) -> Notice:
         if first:
-            return Notice("error", leg.reason or f"The {leg.role} model failed.")
+            return Notice("error", leg.reason or f"The {leg.role} model failed.", leg.error_kind)
         kept = "draft" if leg.purpose == "refine" else "small model's answer"
-        return Notice("warning", f"The large model ({leg.alias}) could not answer, so the {kept} is kept. {leg.reason}")
+        return Notice("warning", f"The large model ({leg.alias}) could not answer, so the {kept} is kept. {leg.reason}",
+                      leg.error_kind)
 
     # ------------------------------------------------------------------------------ the record
     def _record(
