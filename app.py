@@ -6,23 +6,23 @@ import asyncio
 import logging
 import os
 import secrets
+import shutil
 import sys
 from pathlib import Path
 
 import chainlit as cl
-from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
 from chainlit.input_widget import Select, Slider
 from chainlit.server import app as fastapi_app
 from fastapi.responses import FileResponse, Response as HTTPResponse
 
-from assistant.conversations import ConversationStore
+from assistant.conversations import HISTORY_KEY, METRICS_KEY, ConversationStore, history_from_steps, metrics_from_steps
 from assistant.demo import install_demo_routes
 from assistant.page import OfflinePage
 from assistant.events import AnswerStarted, Escalated, SourcesFound, Thinking, ThinkingFinished, Token, TurnFinished
 from assistant import wiring
 from assistant.record import TurnRecord
 from assistant.settings import RoutingMode, SettingsError, load_settings
-from assistant.storage import LocalFileStorage, ensure_schema
+from assistant.storage import LocalFileStorage, ensure_schema, thread_data_layer
 from assistant.uploads import UploadError, save_upload, share_document
 from rag.documents import DocumentSet
 from rag.citations import strip_citations
@@ -87,7 +87,16 @@ async def shutdown() -> None:
 
 @cl.data_layer
 def data_layer():
-    return SQLAlchemyDataLayer(conninfo=settings.sqlalchemy_url, storage_provider=file_storage)
+    return thread_data_layer(settings.sqlalchemy_url, file_storage, forget_thread)
+
+
+async def forget_thread(thread_id: str) -> None:
+    """A deleted thread takes its conversation state and its uploaded files with it."""
+    documents_by_thread.pop(thread_id, None)
+    await conversations.adelete(thread_id)
+    uploads = settings.data_dir / "uploads" / thread_id
+    if uploads.resolve().parent == (settings.data_dir / "uploads").resolve():
+        await asyncio.to_thread(shutil.rmtree, uploads, True)
 
 
 if settings.auth_password:
@@ -141,36 +150,48 @@ def thread_id() -> str:
 
 
 def documents() -> DocumentSet:
+    """This conversation's uploads: loaded by on_chat_resume; read here only when a session reconnects after
+    on_chat_end dropped them from memory (rare, and a small file)."""
     tid = thread_id()
     if tid not in documents_by_thread:
-        state = conversations.load(tid).get("documents")
-        docs = DocumentSet(
-            backend=settings.bm25_backend.value,
-            chunk_tokens=settings.chunk_tokens,
-            chunk_overlap=settings.chunk_overlap,
-        )
-        if state:
-            try:
-                docs = DocumentSet.from_state(state, backend=settings.bm25_backend.value)
-            except Exception as exc:  # a damaged state file must not stop the conversation
-                log.warning("could not restore uploads of %s: %s", tid, exc)
-        documents_by_thread[tid] = docs
+        documents_by_thread[tid] = document_set_from(tid, conversations.load(tid).get("documents"))
     return documents_by_thread[tid]
+
+
+def new_document_set() -> DocumentSet:
+    return DocumentSet(
+        backend=settings.bm25_backend.value,
+        chunk_tokens=settings.chunk_tokens,
+        chunk_overlap=settings.chunk_overlap,
+    )
+
+
+def document_set_from(tid: str, stored: dict | None) -> DocumentSet:
+    if stored:
+        try:
+            return DocumentSet.from_state(stored, backend=settings.bm25_backend.value)
+        except Exception as exc:  # a damaged state file must not stop the conversation
+            log.warning("could not restore uploads of %s: %s", tid, exc)
+    return new_document_set()
+
+
+async def load_documents(tid: str, state: dict) -> None:
+    """Restore a thread's uploads from its stored state, off the event loop."""
+    documents_by_thread[tid] = await asyncio.to_thread(document_set_from, tid, state.get("documents"))
 
 
 def knowledge_sources() -> list[str]:
     return sorted({chunk.source for chunk in knowledge.chunks})
 
 
-def save_documents() -> None:
-    conversations.update(thread_id(), documents=documents().to_state())
+async def save_documents() -> None:
+    await conversations.aupdate(thread_id(), documents=documents().to_state())
 
 
 def session_metrics() -> SessionMetrics:
     metrics = cl.user_session.get("metrics")
-    if metrics is None:
-        stored = conversations.load(thread_id()).get("metrics")
-        metrics = SessionMetrics.from_dict(stored) if stored else SessionMetrics()
+    if metrics is None:  # a resumed thread sets it from its answers' metadata (on_chat_resume)
+        metrics = SessionMetrics()
         cl.user_session.set("metrics", metrics)
     return metrics
 
@@ -258,16 +279,20 @@ async def on_chat_start() -> None:
     log.info("new conversation %s", thread_id())
     await asyncio.to_thread(knowledge.refresh)
     values = await send_chat_settings({})
-    conversations.update(thread_id(), chat_settings=values)
+    await conversations.aupdate(thread_id(), chat_settings=values)
     await welcome(values)
 
 
 @cl.on_chat_resume
 async def on_chat_resume(thread: dict) -> None:
     log.info("resuming conversation %s", thread["id"])
-    state = conversations.load(thread["id"])
+    state = await conversations.aload(thread["id"])
     await send_chat_settings(state.get("chat_settings") or {})
-    cl.user_session.set("history", state.get("history") or [])
+    # History and metrics are in the thread's own messages (their metadata), stored by Chainlit.
+    steps = thread.get("steps") or []
+    cl.user_session.set("history", history_from_steps(steps))
+    cl.user_session.set("metrics", metrics_from_steps(steps))
+    await load_documents(thread["id"], state)
     # A message sent here can lose a race with the browser loading the thread, so uploads are restored
     # silently; /docs lists them.
     restored = documents().documents()
@@ -278,10 +303,16 @@ async def on_chat_resume(thread: dict) -> None:
 async def on_settings_update(values: dict) -> None:
     merged = {**(cl.user_session.get("chat_settings") or {}), **values}
     cl.user_session.set("chat_settings", merged)
-    conversations.update(thread_id(), chat_settings=merged)
+    await conversations.aupdate(thread_id(), chat_settings=merged)
     mode = merged.get("mode", settings.routing_mode.value)
     await cl.Message(content=f"Settings saved. Routing from the next message: **{MODE_LABELS.get(mode, mode)}**.",
                      author="assistant").send()
+
+
+@cl.on_chat_end
+async def on_chat_end() -> None:
+    # The browser left: the uploads stay stored (a resume loads them again), not in memory.
+    documents_by_thread.pop(thread_id(), None)
 
 
 @cl.on_stop
@@ -351,6 +382,7 @@ async def answer(question: str) -> None:
         if message is None:
             message = cl.Message(content="", author="assistant")
         message.content = stopped
+        message.metadata = {**(message.metadata or {}), HISTORY_KEY: strip_citations(streamed)}
         await message.send()
         remember(question, strip_citations(streamed))
         raise
@@ -384,7 +416,9 @@ async def finish_answer(question, message, record: TurnRecord | None) -> None:
     message.elements = elements + [ui.metrics_element(record, metrics.total_cost_usd)]
     message.actions = [cl.Action(name="latency_chart", payload={}, label="Latency chart", icon="chart-column")]
     remember(question, record.history_text())
-    conversations.update(thread_id(), metrics=metrics.to_dict())
+    # Chainlit stores the message with its metadata: a resumed thread rebuilds history and metrics from it.
+    message.metadata = {**(message.metadata or {}), HISTORY_KEY: record.history_text(),
+                        METRICS_KEY: record.metrics.to_dict()}
     # send() ends a stream and persists the message; for a message that streamed nothing it creates it.
     await message.send()
 
@@ -393,7 +427,6 @@ def remember(question: str, answer_text: str) -> None:
     history = cl.user_session.get("history") or []
     history = history + [{"role": "user", "content": question}, {"role": "assistant", "content": answer_text}]
     cl.user_session.set("history", history)
-    conversations.update(thread_id(), history=history)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -429,7 +462,7 @@ async def handle_uploads(elements: list) -> None:
             actions=actions,
             author="assistant",
         ).send()
-    save_documents()
+    await save_documents()
 
 
 async def list_documents() -> None:
@@ -450,7 +483,7 @@ async def remove_document(name: str) -> None:
         await cl.Message(content="Say which upload to remove: `/remove NAME` (see `/docs`).", author="assistant").send()
         return
     removed = documents().remove(name)
-    save_documents()
+    await save_documents()
     text = f"Removed **{name}** from this conversation." if removed else f"No upload named **{name}** here (see `/docs`)."
     await cl.Message(content=text, author="assistant").send()
 
