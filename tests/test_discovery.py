@@ -55,8 +55,8 @@ def no_endpoint_env(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # no .env
 
 
-def fake_foundry(tmp_path: Path, monkeypatch, port: int, *, running: bool = True, can_start: bool = True) -> Path:
-    """Write a `foundry` executable to a folder put first on PATH; return the file its calls are logged to."""
+def write_fake_foundry(tmp_path: Path, port: int, *, running: bool = True, can_start: bool = True) -> tuple[Path, Path]:
+    """Write a `foundry` executable into ``tmp_path/bin``; return (that folder, the file its calls are logged to)."""
     folder = tmp_path / "bin"
     folder.mkdir(exist_ok=True)
     state, calls = tmp_path / "service-running", tmp_path / "foundry-calls.jsonl"
@@ -66,6 +66,12 @@ def fake_foundry(tmp_path: Path, monkeypatch, port: int, *, running: bool = True
     script.write_text(FAKE_FOUNDRY.format(python=sys.executable, state=str(state), calls=str(calls), port=port,
                                           can_start=can_start))
     script.chmod(0o755)
+    return folder, calls
+
+
+def fake_foundry(tmp_path: Path, monkeypatch, port: int, **kw) -> Path:
+    """A fake `foundry` first on PATH; returns the file its calls are logged to."""
+    folder, calls = write_fake_foundry(tmp_path, port, **kw)
     monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
     return calls
 
