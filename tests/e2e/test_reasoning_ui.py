@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.dialects import ANSWER_TEXT, THOUGHT, THOUGHT_TEXT, by_name
 from tests.e2e.conftest import ASSISTANT, AppServer, ask, make_app_root, open_chat, wait_for_answer
@@ -105,3 +106,17 @@ def test_inline_harmony_is_split_into_the_step_and_the_answer(page, reasoning_ap
     assert f"Answered by {LARGE}" in final.replace("`", "")
     assert "reasoning_effort" in foundry_models.requests[-1].body
     assert THOUGHT_TEXT not in page.locator(ASSISTANT).last.inner_text()
+
+
+def test_demo_page_shows_the_thinking_apart_from_the_answer(page, reasoning_app, foundry_models):
+    foundry_models.script(LARGE, replace(FOUNDRY.large, reasoning_delay=0.2))
+    page.goto(reasoning_app.url + "/demo")
+    expect(page.locator("#model-large")).to_have_text(LARGE, timeout=10_000)
+    page.check("#role-large")
+    page.fill("#prompt", "How many vacation days do employees get?")
+    page.click("#send")
+    page.wait_for_selector("#status[data-state='done']", timeout=60_000)
+    assert page.is_visible("#thinking")
+    assert page.inner_text("#thinking-summary").startswith("Thought for")
+    assert page.inner_text("#output") == ANSWER_TEXT
+    assert page.eval_on_selector("#thinking-text", "e => e.textContent") == THOUGHT_TEXT
