@@ -55,6 +55,7 @@ class InlineReasoningSplitter:
         self._in_reasoning = False  # think / stripped: inside the thinking part
         self._harmony_state = "header"  # "header" (role and channel names) or "body"
         self._harmony_header = ""
+        self._harmony_channel_named = False
         self._harmony_kind = REASONING
         self._answer_started = False
 
@@ -163,12 +164,16 @@ class InlineReasoningSplitter:
 
     def _harmony_marker(self, marker: str) -> None:
         if marker == "<|message|>":
-            # The header holds the role and the channel: "assistant<|channel|>final" -> "final".
+            # The header holds the role and the channel: "assistant<|channel|>final" -> "final". A message
+            # without a channel is plain assistant text.
             channel = self._harmony_header.strip().split()[0] if self._harmony_header.strip() else ""
-            self._harmony_kind = ANSWER if channel == "final" else REASONING
+            final = channel == "final" or not self._harmony_channel_named
+            self._harmony_kind = ANSWER if final else REASONING
             self._harmony_state = "body"
         elif marker in ("<|start|>", "<|end|>", "<|return|>", "<|call|>"):
             self._harmony_state, self._harmony_header = "header", ""
+            self._harmony_channel_named = False
         elif marker == "<|channel|>":
             self._harmony_header = ""  # what came before was the role
+            self._harmony_channel_named = True
         # <|constrain|> belongs to the header; its text is ignored with the rest of the header.

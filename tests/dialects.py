@@ -68,9 +68,9 @@ DIALECTS = [
     Dialect(
         "Ollama (delta.reasoning)",
         "phi4-mini:latest", "gpt-oss:20b",
-        _field("reasoning", delta_extra={"role": "assistant", "content": ""}, role_chunk_first=False, logprobs_null=True),
+        _field("reasoning", delta_extra={"role": "assistant", "content": ""}, role_chunk_first=False),
         "field",
-        "role and empty content in every delta, logprobs null, usage without reasoning_tokens",
+        "role and empty content in every delta, no logprobs, usage without reasoning_tokens",
     ),
     Dialect(
         "vLLM (delta.reasoning)",

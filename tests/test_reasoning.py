@@ -98,3 +98,8 @@ def test_commentary_channels_count_as_thinking():
     reasoning, answer, _ = split([content])
     assert reasoning == 'plan{"q": 1}'
     assert answer == "Done."
+
+
+def test_a_harmony_message_without_a_channel_is_the_answer():
+    reasoning, answer, _ = split(["<|start|>assistant<|mess", "age|>Plain reply.<|end|>"])
+    assert (reasoning, answer) == ("", "Plain reply.")
