@@ -9,9 +9,9 @@ through :meth:`RoutingOptions.with_overrides`, which raises ``ValueError`` namin
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated, Literal, Mapping
+from typing import Annotated, Mapping
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 
 class RoutingMode(str, Enum):
@@ -25,11 +25,14 @@ MAX_TOKENS_LIMIT = 32_768
 REASONING_EFFORT_CHOICES = ("", "low", "medium", "high")  # "": send none, the server's default
 
 
-def _effort(value: object) -> object:
-    return value.strip().lower() if isinstance(value, str) else value
+def _effort(value: object) -> str:
+    value = str(value).strip().lower()
+    if value not in REASONING_EFFORT_CHOICES:
+        raise ValueError("must be low, medium, high or empty")
+    return value
 
 
-ReasoningEffort = Annotated[Literal["", "low", "medium", "high"], BeforeValidator(_effort)]
+ReasoningEffort = Annotated[str, AfterValidator(_effort)]
 
 
 class RoutingOptions(BaseModel):
