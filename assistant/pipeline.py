@@ -268,8 +268,7 @@ class Pipeline:
             if plan.purpose == "refine":
                 refine = self.refine_messages(prompt, draft, options)
                 if refine is None:
-                    router.leg_failed(False, "no room left in the context window for a refined answer")
-                    router.decision.legs.pop()
+                    router.keep_draft("no room left in the context window for a refined answer")
                     return
                 messages, max_tokens = refine
             leg.outcome = "drafted" if plan.purpose == "refine" else "escalated"

@@ -254,6 +254,15 @@ class Router:
         else:
             self.decision.action = KEPT_SMALL
 
+    def keep_draft(self, reason: str) -> None:
+        """The planned refine cannot run (e.g. no room left for it): the draft stands, and the record says why."""
+        if self._next is not None:
+            self.decision.legs.pop()
+            self._next = None
+        draft = self.decision.refine.draft if self.decision.refine else ""
+        self.decision.action = DRAFT_KEPT
+        self.decision.refine = RefineOutcome(draft=draft, refined=False, reason=reason)
+
     def refined(self, draft: str, final: str) -> None:
         """The refine leg answered: record what it changed."""
         self.decision.refine = describe_changes(draft, final, self.decision.reason or "refine")
