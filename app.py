@@ -6,30 +6,29 @@ import asyncio
 import logging
 import os
 import secrets
+import shutil
 import sys
 from pathlib import Path
 
 import chainlit as cl
 from chainlit.data import get_data_layer
-from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
 from chainlit.input_widget import Select, Slider
 from chainlit.server import app as fastapi_app
 from fastapi.responses import FileResponse, Response as HTTPResponse
 
-from assistant.conversations import ConversationStore
+from assistant.conversations import HISTORY_KEY, METRICS_KEY, ConversationStore, history_from_steps, metrics_from_steps
 from assistant.demo import install_demo_routes
 from assistant.page import OfflinePage
-from assistant.events import AnswerStarted, Escalated, Queued, SourcesFound, Token, TurnFinished
-from assistant.pipeline import Pipeline
+from assistant.events import AnswerStarted, Escalated, Queued, SourcesFound, Thinking, ThinkingFinished, Token, TurnFinished
+from assistant import wiring
 from assistant.record import TurnRecord
 from assistant.settings import RoutingMode, SettingsError, load_settings
-from assistant.storage import LocalFileStorage, ensure_schema
+from assistant.storage import LocalFileStorage, ensure_schema, thread_data_layer
 from assistant.uploads import UploadError, save_upload, share_document
-from rag.knowledge import KnowledgeBase
 from rag.documents import DocumentSet
 from rag.citations import strip_citations
 from rag.loaders import LoadError
-from routing.client import ModelClient, ModelNotFound, resolve_alias
+from routing.client import ModelNotFound, explain_alias
 from routing.metrics import SessionMetrics, latency_figure, summary_rows
 from routing.policy import RoutingOptions
 import ui
@@ -56,15 +55,8 @@ def _auth_secret() -> str:
 
 os.environ.setdefault("CHAINLIT_AUTH_SECRET", _auth_secret())
 
-client = ModelClient.from_settings(settings)
-knowledge = KnowledgeBase(
-    settings.knowledge_dir,
-    settings.cache_dir / "index",
-    backend=settings.bm25_backend.value,
-    chunk_tokens=settings.chunk_tokens,
-    chunk_overlap=settings.chunk_overlap,
-)
-pipeline = Pipeline(settings, client, knowledge)
+objects = wiring.build(settings)
+client, knowledge, pipeline = objects.client, objects.knowledge, objects.pipeline
 conversations = ConversationStore(settings.data_dir / "conversations")
 file_storage = LocalFileStorage(settings.data_dir / "files")
 documents_by_thread: dict[str, DocumentSet] = {}
@@ -98,7 +90,16 @@ async def shutdown() -> None:
 
 @cl.data_layer
 def data_layer():
-    return SQLAlchemyDataLayer(conninfo=settings.sqlalchemy_url, storage_provider=file_storage)
+    return thread_data_layer(settings.sqlalchemy_url, file_storage, forget_thread)
+
+
+async def forget_thread(thread_id: str) -> None:
+    """A deleted thread takes its conversation state and its uploaded files with it."""
+    documents_by_thread.pop(thread_id, None)
+    await conversations.adelete(thread_id)
+    uploads = settings.data_dir / "uploads" / thread_id
+    if uploads.resolve().parent == (settings.data_dir / "uploads").resolve():
+        await asyncio.to_thread(shutil.rmtree, uploads, True)
 
 
 if settings.auth_password:
@@ -152,36 +153,48 @@ def thread_id() -> str:
 
 
 def documents() -> DocumentSet:
+    """This conversation's uploads: loaded by on_chat_resume; read here only when a session reconnects after
+    on_chat_end dropped them from memory (rare, and a small file)."""
     tid = thread_id()
     if tid not in documents_by_thread:
-        state = conversations.load(tid).get("documents")
-        docs = DocumentSet(
-            backend=settings.bm25_backend.value,
-            chunk_tokens=settings.chunk_tokens,
-            chunk_overlap=settings.chunk_overlap,
-        )
-        if state:
-            try:
-                docs = DocumentSet.from_state(state, backend=settings.bm25_backend.value)
-            except Exception as exc:  # a damaged state file must not stop the conversation
-                log.warning("could not restore uploads of %s: %s", tid, exc)
-        documents_by_thread[tid] = docs
+        documents_by_thread[tid] = document_set_from(tid, conversations.load(tid).get("documents"))
     return documents_by_thread[tid]
+
+
+def new_document_set() -> DocumentSet:
+    return DocumentSet(
+        backend=settings.bm25_backend.value,
+        chunk_tokens=settings.chunk_tokens,
+        chunk_overlap=settings.chunk_overlap,
+    )
+
+
+def document_set_from(tid: str, stored: dict | None) -> DocumentSet:
+    if stored:
+        try:
+            return DocumentSet.from_state(stored, backend=settings.bm25_backend.value)
+        except Exception as exc:  # a damaged state file must not stop the conversation
+            log.warning("could not restore uploads of %s: %s", tid, exc)
+    return new_document_set()
+
+
+async def load_documents(tid: str, state: dict) -> None:
+    """Restore a thread's uploads from its stored state, off the event loop."""
+    documents_by_thread[tid] = await asyncio.to_thread(document_set_from, tid, state.get("documents"))
 
 
 def knowledge_sources() -> list[str]:
     return sorted({chunk.source for chunk in knowledge.chunks})
 
 
-def save_documents() -> None:
-    conversations.update(thread_id(), documents=documents().to_state())
+async def save_documents() -> None:
+    await conversations.aupdate(thread_id(), documents=documents().to_state())
 
 
 def session_metrics() -> SessionMetrics:
     metrics = cl.user_session.get("metrics")
-    if metrics is None:
-        stored = conversations.load(thread_id()).get("metrics")
-        metrics = SessionMetrics.from_dict(stored) if stored else SessionMetrics()
+    if metrics is None:  # a resumed thread sets it from its answers' metadata (on_chat_resume)
+        metrics = SessionMetrics()
         cl.user_session.set("metrics", metrics)
     return metrics
 
@@ -227,8 +240,11 @@ async def model_status() -> str:
     for role, alias in (("small", settings.small_model), ("large", settings.large_model)):
         if health.models is not None:
             try:
-                served = resolve_alias(alias, health.models)
+                resolution = explain_alias(alias, health.models)
+                served = resolution.model
                 lines.append(f"- {role}: `{served}`" + (f" (alias `{alias}`)" if served != alias else ""))
+                if resolution.note:
+                    lines[-1] += f" — {resolution.note}"
             except ModelNotFound as exc:  # says what is served instead
                 lines.append(f"- {role}: `{alias}` — **not available**: {exc}")
         elif health.error is not None:
@@ -253,6 +269,8 @@ async def welcome(values: dict, resumed: bool = False) -> None:
             f" — the embedded llama.cpp model, because nothing answered at `{settings.configured_endpoint}` "
             "(start Foundry Local with `foundry service start` to use phi-4-mini and gpt-oss-20b)"
         )
+    if settings.discovery:
+        server_line += f"\nFound by: {settings.discovery}"
     text = (
         ("**Welcome back.** " if resumed else "**Local knowledge assistant.** ")
         + "Answers come from your documents, by models on this machine.\n\n"
@@ -275,16 +293,20 @@ async def on_chat_start() -> None:
     log.info("new conversation %s", thread_id())
     await asyncio.to_thread(knowledge.refresh)
     values = await send_chat_settings({})
-    conversations.update(thread_id(), chat_settings=values)
+    await conversations.aupdate(thread_id(), chat_settings=values)
     await welcome(values)
 
 
 @cl.on_chat_resume
 async def on_chat_resume(thread: dict) -> None:
     log.info("resuming conversation %s", thread["id"])
-    state = conversations.load(thread["id"])
+    state = await conversations.aload(thread["id"])
     await send_chat_settings(state.get("chat_settings") or {})
-    cl.user_session.set("history", state.get("history") or [])
+    # History and metrics are in the thread's own messages (their metadata), stored by Chainlit.
+    steps = thread.get("steps") or []
+    cl.user_session.set("history", history_from_steps(steps))
+    cl.user_session.set("metrics", metrics_from_steps(steps))
+    await load_documents(thread["id"], state)
     # A message sent here can lose a race with the browser loading the thread, so uploads are restored
     # silently; /docs lists them.
     restored = documents().documents()
@@ -295,25 +317,27 @@ async def on_chat_resume(thread: dict) -> None:
 async def on_settings_update(values: dict) -> None:
     merged = {**(cl.user_session.get("chat_settings") or {}), **values}
     cl.user_session.set("chat_settings", merged)
-    conversations.update(thread_id(), chat_settings=merged)
+    await conversations.aupdate(thread_id(), chat_settings=merged)
     mode = merged.get("mode", settings.routing_mode.value)
     await cl.Message(content=f"Settings saved. Routing from the next message: **{MODE_LABELS.get(mode, mode)}**.",
                      author="assistant").send()
 
 
-@cl.on_stop
-async def on_stop() -> None:
-    log.info("user pressed stop in %s", thread_id())
-
-
 @cl.on_chat_end
 async def on_chat_end() -> None:
+    # The browser left: the uploads stay stored (a resume loads them again), not in memory.
+    documents_by_thread.pop(thread_id(), None)
     # A chat that goes away while its question waits for the model server leaves the line: the server
     # never sees a request nobody will read. (An answer already streaming is left to finish and is saved.)
     task = cl.context.session.current_task
     if cl.user_session.get("queued") and task is not None and not task.done():
         log.info("conversation %s left while queued; its question leaves the queue", thread_id())
         task.cancel()
+
+
+@cl.on_stop
+async def on_stop() -> None:
+    log.info("user pressed stop in %s", thread_id())
 
 
 @cl.on_message
@@ -401,6 +425,7 @@ async def answer(question: str) -> None:
     retrieval_shown: asyncio.Task | None = None
     streamed = ""
     record: TurnRecord | None = None
+    thinking: ui.ThinkingStep | None = None  # a reasoning model's thinking, streamed above its answer
     try:
         async for event in pipeline.run(question, history=history, options=options, documents=documents()):
             if isinstance(event, SourcesFound):
@@ -424,6 +449,13 @@ async def answer(question: str) -> None:
                 message = cl.Message(content="", author=event.model)
                 saver = PartialAnswerSaver(message)
                 streamed = ""
+            elif isinstance(event, Thinking):
+                thinking = thinking or await ui.ThinkingStep.start()
+                await thinking.add(event.text)
+            elif isinstance(event, ThinkingFinished):
+                if thinking is not None:
+                    await thinking.finish(event.seconds, answered=event.answered)
+                thinking = None
             elif isinstance(event, Token):
                 streamed += event.text
                 await message.stream_token(event.text)
@@ -448,6 +480,8 @@ async def answer(question: str) -> None:
             await waiting.remove()
         if saver is not None:
             await saver.finish()
+        if thinking is not None:
+            await thinking.finish(None, answered=False)
         if streamed:
             stopped = (streamed + "\n\n*Stopped by you; the text above is what the model had written.*").strip()
         else:
@@ -455,6 +489,7 @@ async def answer(question: str) -> None:
         if message is None:
             message = cl.Message(content="", author="assistant")
         message.content = stopped
+        message.metadata = {**(message.metadata or {}), HISTORY_KEY: strip_citations(streamed)}
         await message.send()
         remember(question, strip_citations(streamed))
         raise
@@ -505,7 +540,9 @@ async def finish_answer(question, message, record: TurnRecord | None) -> None:
         message.actions.insert(0, cl.Action(name="retry_answer", payload={"question": question},
                                             label="Retry", icon="rotate-ccw"))
     remember(question, record.history_text())
-    conversations.update(thread_id(), metrics=metrics.to_dict())
+    # Chainlit stores the message with its metadata: a resumed thread rebuilds history and metrics from it.
+    message.metadata = {**(message.metadata or {}), HISTORY_KEY: record.history_text(),
+                        METRICS_KEY: record.metrics.to_dict()}
     # send() ends a stream and persists the message; for a message that streamed nothing it creates it.
     await message.send()
 
@@ -514,7 +551,6 @@ def remember(question: str, answer_text: str) -> None:
     history = cl.user_session.get("history") or []
     history = history + [{"role": "user", "content": question}, {"role": "assistant", "content": answer_text}]
     cl.user_session.set("history", history)
-    conversations.update(thread_id(), history=history)
 
 
 @cl.action_callback("retry_answer")
@@ -564,7 +600,7 @@ async def handle_uploads(elements: list) -> None:
             actions=actions,
             author="assistant",
         ).send()
-    save_documents()
+    await save_documents()
 
 
 async def list_documents() -> None:
@@ -585,7 +621,7 @@ async def remove_document(name: str) -> None:
         await cl.Message(content="Say which upload to remove: `/remove NAME` (see `/docs`).", author="assistant").send()
         return
     removed = documents().remove(name)
-    save_documents()
+    await save_documents()
     text = f"Removed **{name}** from this conversation." if removed else f"No upload named **{name}** here (see `/docs`)."
     await cl.Message(content=text, author="assistant").send()
 

@@ -23,8 +23,8 @@ from pathlib import Path
 from assistant.compare import ModelRun, fmt_ms, fmt_rate, price_for, render_table, role_aliases, run_one
 from assistant.embedded import model_server
 from assistant.pipeline import Pipeline
-from assistant.settings import SettingsError, load_settings
-from routing.client import ModelClient, ModelServerError
+from assistant import wiring
+from routing.client import ModelServerError
 from routing.metrics import mean, percentile
 
 DEFAULT_PROMPT = "Explain in three short sentences what a search index is and why it makes lookups fast."
@@ -121,7 +121,7 @@ async def run_bench(
     settings, names: list[str], *, logprobs_modes: list[bool], prompt: str, rounds: int, warmup: int,
     temperature: float, max_tokens: int, progress=None,
 ) -> list[ModelBench]:
-    pipeline = Pipeline(settings, ModelClient.from_settings(settings))
+    pipeline = wiring.build(settings, with_knowledge=False).pipeline
     results = []
     try:
         for role, alias in role_aliases(settings, names):
@@ -216,10 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1 or args.warmup < 0:
         parser.error("--rounds must be at least 1 and --warmup at least 0")
 
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(exc, file=sys.stderr)
+    settings = wiring.settings_for_command()
+    if settings is None:
         return 2
     modes = [True, False] if args.logprobs_both else [not args.no_logprobs]
     json_to_stdout = args.json == "-"

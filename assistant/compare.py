@@ -19,11 +19,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from assistant.embedded import model_server
-from assistant.settings import SettingsError, load_settings
+from assistant import wiring
 from assistant.events import TurnFinished
 from assistant.pipeline import Pipeline
 from assistant.record import TurnRecord
-from routing.client import ModelClient
 from routing.metrics import Price, prices_from_settings
 from routing.options import RoutingOptions
 
@@ -78,7 +77,7 @@ def run_from_record(role: str, record: TurnRecord, price: Price | None) -> Model
     """A model run as the turn's record gives it: its text, the answering leg's figures, its error if any."""
     summary = record.summary
     response = record.responses[0] if record.responses else None
-    failed = [n.message for n in record.notices if n.level == "error"]
+    failed = [f"{n.kind}: {n.message}" if n.kind else n.message for n in record.notices if n.level == "error"]
     return ModelRun(
         role=role,
         alias=response.alias if response else role,
@@ -112,7 +111,7 @@ async def run_one(
     """One streaming call through the pipeline; every failure becomes the run's ``error`` (with whatever
     arrived before it)."""
     options = RoutingOptions.from_settings(pipeline.settings).with_overrides(
-        {"temperature": temperature, "max_tokens": max_tokens}
+        {"temperature": temperature, "max_tokens": max_tokens, "large_max_tokens": max_tokens}
     )
     record = None
     async for event in pipeline.run_messages(messages, role=role, alias=alias, options=options, price=price,
@@ -123,7 +122,7 @@ async def run_one(
 
 
 async def compare(settings, prompt: str, *, temperature: float, max_tokens: int, logprobs: bool = True) -> list[ModelRun]:
-    pipeline = Pipeline(settings, ModelClient.from_settings(settings))
+    pipeline = wiring.build(settings, with_knowledge=False).pipeline
     messages = [{"role": "user", "content": prompt}]
     runs = []
     try:
@@ -229,10 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="start the bundled SmolLM2 model (llama.cpp) when the endpoint does not answer")
     args = parser.parse_args(argv)
 
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(exc, file=sys.stderr)
+    settings = wiring.settings_for_command()
+    if settings is None:
         return 2
     prompt = read_prompt(args)
     if not prompt:

@@ -7,8 +7,9 @@ talks only to the app's own server:
 * ``GET  /demo/static/{name}`` ``demo.css`` and ``demo.js`` (nothing else is served)
 * ``GET  /demo/api/info``      the two roles, their served model names and the model server's host
 * ``POST /demo/api/stream``    JSON ``{prompt, role, reference_text, temperature, max_tokens}``,
-  answered as ``text/event-stream`` with the events ``sources``, ``prompt``, ``started``, ``token``,
-  ``notice`` and ``done`` (see :func:`event_payload`).
+  answered as ``text/event-stream`` with the events ``sources``, ``prompt``, ``started``, ``thinking``
+  and ``thought`` (a reasoning model's thinking, and its end), ``token``, ``notice`` and ``done`` (see
+  :func:`event_payload`).
 
 The stream runs the same :class:`~assistant.pipeline.Pipeline` as the chat, with the routing mode
 pinned to the chosen role. When the browser hangs up (its Stop button aborts the fetch), the ASGI
@@ -28,7 +29,9 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 
-from assistant.events import AnswerStarted, Escalated, Notice, PromptBuilt, SourcesFound, Token, TurnFinished
+from assistant.events import (
+    AnswerStarted, Escalated, Notice, PromptBuilt, SourcesFound, Thinking, ThinkingFinished, Token, TurnFinished,
+)
 from assistant.settings import PROJECT_ROOT
 from routing.client import ModelClient, ModelServerError
 from routing.options import MAX_TOKENS_LIMIT, RoutingMode, RoutingOptions
@@ -140,7 +143,9 @@ def parse_demo_request(body: Any, settings) -> dict:
     max_tokens = _number(body.get("max_tokens", settings.max_tokens), "Max tokens")
     try:
         options = RoutingOptions.from_settings(settings).with_overrides(
-            {"mode": ROLE_MODES[role], "temperature": temperature, "max_tokens": max_tokens}
+            # The page's token limit is the chosen model's budget (the large model's thinking included).
+            {"mode": ROLE_MODES[role], "temperature": temperature, "max_tokens": max_tokens,
+             "large_max_tokens": max_tokens}
         )
     except ValueError as exc:
         message = str(exc)
@@ -231,6 +236,10 @@ def event_payload(event) -> tuple[str, dict] | None:
     """One pipeline event as ``(sse event name, JSON data)``."""
     if isinstance(event, Token):
         return "token", {"text": event.text, "role": event.role}
+    if isinstance(event, Thinking):
+        return "thinking", {"text": event.text, "role": event.role}
+    if isinstance(event, ThinkingFinished):
+        return "thought", {"seconds": round(event.seconds, 2), "answered": event.answered, "role": event.role}
     if isinstance(event, SourcesFound):
         return "sources", {
             "count": len(event.sources),
@@ -271,6 +280,10 @@ def done_payload(finished: TurnFinished) -> dict:
         "completion_tokens": summary.completion_tokens if answered else None,
         "tokens_estimated": summary.tokens_estimated if answered else None,
         "tokens_per_s": _round(summary.decode_tokens_per_s),
+        "thinking_ms": _round(summary.thinking_ms),
+        "first_answer_ms": _round(summary.first_answer_ms),
+        "reasoning_tokens": summary.reasoning_tokens if answered else None,
+        "reasoning_estimated": summary.reasoning_estimated if answered else None,
     }
     data = record.to_dict()
     return {

@@ -56,11 +56,12 @@ from assistant.events import TurnFinished
 from assistant.pipeline import Pipeline
 from assistant.record import TurnRecord
 from assistant.embedded import model_server
-from assistant.settings import RoutingMode, SettingsError, load_settings
+from assistant import wiring
+from assistant.settings import RoutingMode
 from rag.citations import strip_citations
 from routing.client import ModelClient, ModelServerError
 from routing.metrics import mean, percentile
-from routing.policy import RoutingOptions, looks_declined
+from routing.policy import GROUNDING_SIGNALS, RoutingOptions, looks_declined
 
 DEFAULT_MODES = ("small", "large", "automatic")
 JUDGE_PROMPT = (
@@ -189,6 +190,10 @@ class Result:
     dangling_citations: int = 0  # [n] written by the model that point at no source
     routing_action: str | None = None
     citations: dict | None = None  # per "model"/"app"/"all": citation_counts (questions with expected sources)
+    # Grounding signals (routing.policy.grounding_signals) that fired on the small model's answer, and
+    # whether they decided (the server sent no logprobs, as Foundry Local does).
+    signals: list[str] = field(default_factory=list)
+    signals_decided: bool = False
     f1: float | None = None
     source_recall: float | None = None
     judge: int | None = None
@@ -232,6 +237,10 @@ async def run_question(pipeline: Pipeline, question: Question, mode: str, option
     )
     if mode == RoutingMode.SMALL_ONLY.value:
         result.small_flagged, result.small_confidence = record.routing.would_escalate, record.routing.confidence
+    if mode != RoutingMode.LARGE_ONLY.value:
+        # The router's signals on the first (small) answer, as the record has them.
+        result.signals = sorted(s.name for s in record.routing.signals if s.name in GROUNDING_SIGNALS)
+        result.signals_decided = record.routing.grounding_decided
     if question.reference_answer:
         result.f1 = token_f1(record.text, question.reference_answer)
     result.source_recall = source_recall(question.expected_sources, cited)
@@ -314,6 +323,9 @@ def summarize(results: list[Result]) -> dict:
         "dangling_citations": sum(r.dangling_citations for r in results),
         "errors": sum(bool(r.errors) for r in results),
         "models": sorted({r.answered_by for r in results if r.answered_by}),
+        # How often each grounding signal fired on the small model's answers, and how often they decided.
+        "signals": {name: sum(name in r.signals for r in results) for name in GROUNDING_SIGNALS},
+        "signals_decided": sum(r.signals_decided for r in results),
     }
 
 
@@ -398,6 +410,14 @@ def format_report(summaries: dict[str, dict], routing: dict, judged: bool) -> st
     lines.append("score: F1 vs reference (1/0 for declining an unanswerable question)"
                  + ("; judge 1-5 mapped to 0-1 replaces it" if judged else "")
                  + ". src rec: expected sources among cited ones. ~: token counts estimated (server sent no usage).")
+    for mode, s in summaries.items():
+        if mode == RoutingMode.LARGE_ONLY.value or not s["questions"]:
+            continue
+        fired = ", ".join(f"{name} {count}/{s['questions']}" for name, count in s["signals"].items())
+        lines.append(
+            f"grounding signals on the small answers ({mode}): {fired}; they decided (no logprobs) on "
+            f"{s['signals_decided']}/{s['questions']}."
+        )
     if routing.get("note"):
         lines.append(f"PGR/APGR: {routing['note']}")
     if routing.get("pgr") is not None:
@@ -445,7 +465,8 @@ async def evaluate(args: argparse.Namespace, settings) -> int:
     questions = load_questions(args.questions)
     if args.limit:
         questions = questions[: args.limit]
-    client = ModelClient.from_settings(settings)
+    objects = wiring.build(settings)
+    client, pipeline = objects.client, objects.pipeline
     try:
         needed = set()
         for mode in args.modes:
@@ -466,8 +487,7 @@ async def evaluate(args: argparse.Namespace, settings) -> int:
             file=sys.stderr,
         )
 
-        knowledge = _knowledge_base(settings)
-        pipeline = Pipeline(settings, client, knowledge=knowledge)
+        _knowledge_base_report(objects.knowledge, settings)
         options = RoutingOptions.from_settings(settings).with_overrides({"temperature": 0.0})
 
         by_mode: dict[str, list[Result]] = {}
@@ -521,29 +541,17 @@ async def evaluate(args: argparse.Namespace, settings) -> int:
         await client.close()
 
 
-def _knowledge_base(settings):
-    from rag.knowledge import KnowledgeBase
-
-    knowledge = KnowledgeBase(
-        settings.knowledge_dir,
-        settings.cache_dir,
-        backend=settings.bm25_backend.value,
-        chunk_tokens=settings.chunk_tokens,
-        chunk_overlap=settings.chunk_overlap,
-    )
+def _knowledge_base_report(knowledge, settings) -> None:
     report = knowledge.refresh()
     print(f"Knowledge base {settings.knowledge_dir}: {report.summary()}", file=sys.stderr)
     if not knowledge.chunk_count:
         print("evaluate: warning: the knowledge base is empty; every answer will be unsupported.", file=sys.stderr)
-    return knowledge
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(exc, file=sys.stderr)
+    settings = wiring.settings_for_command()
+    if settings is None:
         return 2
     try:
         with model_server(settings, args.embedded) as (settings, _):

@@ -29,7 +29,9 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Sequence
 
-from assistant.events import AnswerStarted, Escalated, Notice, PromptBuilt, Queued, SourcesFound, Token, TurnFinished
+from assistant.events import (
+    AnswerStarted, Escalated, Notice, PromptBuilt, Queued, SourcesFound, Thinking, ThinkingFinished, Token, TurnFinished,
+)
 from assistant.record import TurnRecord
 from rag.citations import resolve_citations
 from rag.index import Retriever, asearch_many, fuse_rankings
@@ -40,6 +42,7 @@ from routing.client import ModelClient, ModelServerError, Response
 from routing.metrics import LegMetrics, Price, TurnMetrics, prices_from_settings
 from routing.options import RoutingOptions
 from routing.policy import looks_declined
+from routing.reasoning import REASONING
 from routing.router import ANSWERED, FAILED, NOT_ESCALATED, LegPlan, RoutingDecision, Router
 
 REFINE_INSTRUCTION = (
@@ -71,6 +74,7 @@ class _Leg:
     response: Response | None = None
     outcome: str = "answered"  # "answered", "escalated", "drafted", "cancelled", "failed"
     reason: str | None = None
+    error_kind: str | None = None  # the client's error class when it failed
 
 
 class Pipeline:
@@ -119,7 +123,7 @@ class Pipeline:
         yield PromptBuilt(sources_used=prompt.sources_used, prompt_tokens=prompt.prompt_tokens, prompt_ms=metrics.prompt_ms)
 
         same_model = await self._same_model_for_both() if Router.needs_served_models(options) else None
-        router = Router(options, supported=found.supported, same_model=same_model)
+        router = Router(options, supported=found.supported, sources=prompt.sources_used, same_model=same_model)
         legs: list[_Leg] = []
         notices = list(found.notices)
         async with aclosing(self.answer_legs(router, prompt, options, legs, notices)) as leg_events:
@@ -149,13 +153,14 @@ class Pipeline:
         decision = RoutingDecision(mode="direct", legs=[(role, "answer")])
         notices: list[Notice] = []
         plan = LegPlan(role, "answer", logprobs=logprobs, watch=False)
-        async with aclosing(self.stream_leg(leg, plan, messages, options, price=price)) as leg_events:
+        async with aclosing(self.stream_leg(leg, plan, messages, options, price=price, notices=notices)) as leg_events:
             async for event in leg_events:
                 yield event
         if leg.outcome == "failed":
             decision.action, decision.note = FAILED, leg.reason
-            notices.append(Notice("error", leg.reason or "The model failed."))
-            yield notices[-1]
+            notices.append(Notice("error", leg.reason or "The model failed.", leg.error_kind))
+        for notice in notices:
+            yield notice
         metrics = TurnMetrics(total_ms=(time.perf_counter() - started) * 1000)
         yield TurnFinished(self._record(messages[-1]["content"] if messages else "", [], decision, [leg], metrics,
                                         notices, supported=False, sources_found=0, prices={role: price}))
@@ -227,7 +232,7 @@ class Pipeline:
         for messages in candidates:
             room = self.settings.context_window - count_message_tokens(messages + tail)
             if room >= MIN_REFINE_TOKENS:
-                return messages + tail, min(options.max_tokens, room)
+                return messages + tail, min(options.large_max_tokens, room)
         return None
 
     # ------------------------------------------------------------------------------ stage 3: answer
@@ -237,11 +242,12 @@ class Pipeline:
         """Stream the legs the router plans; record them on ``legs`` and what went wrong on ``notices``."""
         aliases = self.aliases()
         plan: LegPlan | None = router.first_leg()
-        messages, max_tokens = prompt.messages, options.max_tokens
+        messages, max_tokens = prompt.messages, None  # None: the role's own budget
         while plan is not None:
             leg = _Leg(plan.role, aliases[plan.role], plan.purpose)
             legs.append(leg)
-            async with aclosing(self.stream_leg(leg, plan, messages, options, router=router, max_tokens=max_tokens)) as events:
+            async with aclosing(self.stream_leg(leg, plan, messages, options, router=router, max_tokens=max_tokens,
+                                                  notices=notices)) as events:
                 async for event in events:
                     yield event
             first = len(legs) == 1
@@ -262,8 +268,7 @@ class Pipeline:
             if plan.purpose == "refine":
                 refine = self.refine_messages(prompt, draft, options)
                 if refine is None:
-                    router.leg_failed(False, "no room left in the context window for a refined answer")
-                    router.decision.legs.pop()
+                    router.keep_draft("no room left in the context window for a refined answer")
                     return
                 messages, max_tokens = refine
             leg.outcome = "drafted" if plan.purpose == "refine" else "escalated"
@@ -287,49 +292,77 @@ class Pipeline:
         router: Router | None = None,
         max_tokens: int | None = None,
         price: Price | None = None,
+        notices: list[Notice] | None = None,
     ) -> AsyncIterator[object]:
-        """Stream one model call as AnswerStarted + Tokens; record its Response and outcome on ``leg``.
+        """Stream one model call as AnswerStarted + (Thinking... ThinkingFinished)? + Tokens; record its Response
+        and outcome on ``leg``.
 
         With ``plan.watch``, each delta goes to ``router.watch``; a reason back stops the stream (leaving
-        the ``async with`` closes the HTTP stream, so the server stops generating). A server failure is
-        recorded (outcome "failed", reason = the client's message), not raised. CancelledError propagates;
-        the stream is closed by then.
+        the ``async with`` closes the HTTP stream, so the server stops generating). The large role gets
+        its own token budget and the reasoning effort. Thinking is streamed as ``Thinking`` events and
+        kept out of the answer text (and so out of the history, the citation and length checks and the
+        router's watch). An answer cut by its budget gets a warning notice; a leg that spent its whole
+        budget thinking counts as failed, so a cascade keeps the small answer. A server failure is
+        recorded (outcome "failed", reason = the client's message), not raised. CancelledError
+        propagates; the stream is closed by then.
         """
+        large = leg.role == "large"
+        budget = max_tokens or (options.large_max_tokens if large else options.max_tokens)
         stream = self.client.stream(
-            leg.alias, messages, temperature=options.temperature, max_tokens=max_tokens or options.max_tokens,
-            logprobs=plan.logprobs,
+            leg.alias, messages, temperature=options.temperature, max_tokens=budget, logprobs=plan.logprobs,
+            reasoning_effort=(options.reasoning_effort or None) if large else None,
         )
         leg.response = stream.response
         # Wait for a slot of the model server here, not inside it: the wait is visible, a stopped turn leaves
         # the line without reaching the server, and the first-token limit starts when the request is sent.
         ticket = self.client.queue.ticket()
+        thinking_open = False
         try:
             async for status in ticket.wait(update_every_s=1.0):
                 yield Queued(role=leg.role, position=status.position, waiting=status.waiting,
                              expected_wait_s=status.expected_wait_s)
             async with stream:
                 yield AnswerStarted(role=leg.role, alias=leg.alias, model=stream.response.model, purpose=leg.purpose)
-                async for delta in stream:
-                    yield Token(text=delta, role=leg.role)
-                    if plan.watch and router is not None and router.watch(delta, stream.response.token_logprobs):
+                async for kind, text in stream.parts():
+                    if kind == REASONING:
+                        thinking_open = True
+                        yield Thinking(text=text, role=leg.role)
+                        continue
+                    if thinking_open:
+                        thinking_open = False
+                        yield _thinking_finished(leg, answered=True)
+                    yield Token(text=text, role=leg.role)
+                    if plan.watch and router is not None and router.watch(text, stream.response.token_logprobs):
                         break  # leaving the async with closes the upstream stream
         except asyncio.CancelledError:
             leg.outcome = "cancelled"
             raise
         except ModelServerError as exc:
-            leg.outcome, leg.reason = "failed", str(exc)
+            leg.outcome, leg.reason, leg.error_kind = "failed", str(exc), type(exc).__name__
             if exc.partial is not None:
                 leg.response = exc.partial
             if leg.response.error is None:
                 leg.response.error = str(exc)
         finally:
             ticket.release()
+        if thinking_open:
+            yield _thinking_finished(leg, answered=False)
+        response = leg.response
+        if leg.outcome != "failed" and response.truncated:
+            if not response.text.strip():
+                leg.outcome = "failed"
+                leg.reason = (f"{response.model} spent its whole budget of {budget} tokens thinking and gave no "
+                              "answer (raise the large model's token budget or lower its reasoning effort)")
+            elif notices is not None:
+                notices.append(Notice("warning", f"The answer of {response.model} was cut off by its budget of "
+                                                 f"{budget} tokens; it is incomplete."))
 
     def _failure_notice(self, leg: _Leg, first: bool, legs: list[_Leg]) -> Notice:
         if first:
-            return Notice("error", leg.reason or f"The {leg.role} model failed.")
+            return Notice("error", leg.reason or f"The {leg.role} model failed.", leg.error_kind)
         kept = "draft" if leg.purpose == "refine" else "small model's answer"
-        return Notice("warning", f"The large model ({leg.alias}) could not answer, so the {kept} is kept. {leg.reason}")
+        return Notice("warning", f"The large model ({leg.alias}) could not answer, so the {kept} is kept. {leg.reason}",
+                      leg.error_kind)
 
     # ------------------------------------------------------------------------------ the record
     def _record(
@@ -381,3 +414,8 @@ class Pipeline:
             return Price(0.0, 0.0)
         price = (prices or {}).get(leg.role) or self.prices.get(leg.role)
         return price or Price(0.0, 0.0)
+
+
+def _thinking_finished(leg: _Leg, *, answered: bool) -> ThinkingFinished:
+    seconds = leg.response.timings.thinking_s or 0.0
+    return ThinkingFinished(role=leg.role, seconds=seconds, answered=answered)

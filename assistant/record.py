@@ -24,6 +24,7 @@ APP_MARK = "†"  # follows a citation the app attributed (the model did not wri
 class Notice:
     level: str  # "info", "warning" or "error"
     message: str
+    kind: str | None = None  # for a model-server failure, its kind: "ServerUnreachable", "ModelNotFound", ...
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from routing.options import RoutingMode, RoutingOptions
+from routing.options import REASONING_EFFORT_CHOICES, ReasoningEffort, RoutingMode, RoutingOptions
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "ASSISTANT_"
@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     )
     embedded_active: bool = Field(default=False, description="Set by the launcher when the embedded model serves.")
     configured_endpoint: str = Field(default="", description="Set by the launcher: the endpoint that did not answer.")
+    discovery: str = Field(default="", description="Set by the launcher: how the model server was found.")
     embedded_threads: int = Field(default=1, ge=1, description="CPU threads for the embedded model's decoding.")
     embedded_batch_threads: int = Field(
         default=1, ge=1,
@@ -94,6 +95,8 @@ class Settings(BaseSettings):
     history_token_budget: int = Field(default=1200, ge=0, description="Tokens of earlier turns sent with a question.")
     temperature: float = _option("temperature")
     max_tokens: int = _option("max_tokens")
+    large_max_tokens: int = _option("large_max_tokens")
+    reasoning_effort: ReasoningEffort = _option("reasoning_effort")
 
     # --- retrieval ----------------------------------------------------------------------------
     knowledge_dir: Path = Field(default=PROJECT_ROOT / "knowledge", description="Folder of shared documents.")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from assistant.embedded import EMBEDDED_TOP_K, EmbeddedModelServer, default_model_path
 from routing.metrics import percentile
-from tests.e2e.conftest import ASSISTANT, CHROMIUM, CHROMIUM_ARGS, AppServer, make_app_root
+from benchmarks.harness import ASSISTANT, CHROMIUM, CHROMIUM_ARGS, AppServer, make_app_root
 
 # An answer that has ended shows one of these footers.
 FINISHED_ANSWER = ", ".join(f'{ASSISTANT}:has-text("{footer}")' for footer in ("Answered by", "No model answered", "Cut short"))

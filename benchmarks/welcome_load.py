@@ -22,7 +22,7 @@ from assistant.embedded import EMBEDDED_TOP_K, EmbeddedModelServer
 from assistant.settings import load_settings
 from routing.metrics import percentile
 from tests.chat_client import ChatClient
-from tests.e2e.conftest import AppServer, make_app_root
+from benchmarks.harness import AppServer, make_app_root
 
 WELCOME = "Answers come from your documents"
 

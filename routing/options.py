@@ -9,9 +9,9 @@ through :meth:`RoutingOptions.with_overrides`, which raises ``ValueError`` namin
 from __future__ import annotations
 
 from enum import Enum
-from typing import Mapping
+from typing import Annotated, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 
 class RoutingMode(str, Enum):
@@ -22,6 +22,17 @@ class RoutingMode(str, Enum):
 
 
 MAX_TOKENS_LIMIT = 32_768
+REASONING_EFFORT_CHOICES = ("", "low", "medium", "high")  # "": send none, the server's default
+
+
+def _effort(value: object) -> str:
+    value = str(value).strip().lower()
+    if value not in REASONING_EFFORT_CHOICES:
+        raise ValueError("must be low, medium, high or empty")
+    return value
+
+
+ReasoningEffort = Annotated[str, AfterValidator(_effort)]
 
 
 class RoutingOptions(BaseModel):
@@ -41,6 +52,17 @@ class RoutingOptions(BaseModel):
     )
     min_source_score: float = Field(default=1.0, ge=0, description="BM25 score a source needs to count as support.")
     refine_min_chars: int = Field(default=600, ge=0, description="Draft-then-refine: drafts this long get refined.")
+    min_grounded_share: float = Field(
+        default=0.30, ge=0, le=1,
+        description="Without logprobs: escalate when less of the answer is in the sources it cites.",
+    )
+    large_max_tokens: int = Field(
+        default=2048, ge=1, le=MAX_TOKENS_LIMIT,
+        description="Token budget of the large model, thinking and answer together (a reasoning model thinks first).",
+    )
+    reasoning_effort: ReasoningEffort = Field(
+        default="low", description="How hard the large model thinks: low, medium or high (empty: the server's default)."
+    )
 
     @classmethod
     def from_settings(cls, settings) -> "RoutingOptions":

@@ -16,6 +16,11 @@ Signals, each computed from the answer itself:
 * **declined**: the answer opens with a refusal or says the sources do not cover the question
   (``DECLINE_PATTERNS``, English, case- and punctuation-insensitive).
 * **retrieval support**: some source scored at or above ``min_source_score``.
+* **grounding** (from the answer and its sources, for servers that send no logprobs, such as Foundry
+  Local): the answer cites no source although supporting sources were given; it cites a number that
+  was not given; little of its content is found in the sources it cites. See :func:`grounding_signals`.
+  Computed for every answer (the evaluation counts them); they decide only when logprobs are absent,
+  and the reason says so.
 
 How support combines with the rest (a decision, see :func:`assess`): missing support alone never
 escalates - the large model would get the same (empty) sources, so it cannot ground its answer any
@@ -34,6 +39,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from rag.citations import citation_numbers as cited_numbers
 from routing.options import RoutingMode, RoutingOptions
 
 __all__ = ["RoutingMode", "RoutingOptions", "Signal", "Assessment", "assess", "EarlyMonitor", "refine_reason"]
@@ -114,6 +120,68 @@ def retrieval_supported(sources: Iterable, min_source_score: float) -> bool:
     return any(getattr(s, "score", 0.0) >= min_source_score for s in sources)
 
 
+# Grounding: is the answer built on the sources it was given?
+NO_CITATION = "no citation"
+UNKNOWN_CITATION = "unknown citation"
+LOW_OVERLAP = "low overlap"
+GROUNDING_SIGNALS = (NO_CITATION, UNKNOWN_CITATION, LOW_OVERLAP)
+
+_WORD = re.compile(r"[a-z0-9]+")
+_COMMON_WORDS = frozenset(
+    "about above after again also because been before being below between both could does doing down during each "
+    "from further have having here into itself more most much must only other over same should some such than "
+    "that their theirs them then there these they this those through under until very were what when where "
+    "which while will with would your yours answer sources source according".split()
+)
+MIN_WORDS_FOR_OVERLAP = 4  # answers with fewer content words are judged by length instead
+
+
+def content_words(text: str) -> list[str]:
+    """Words of four letters or more that carry content, cut to five letters (a crude stem: vacation/vacations)."""
+    return [w[:5] for w in _WORD.findall(text.lower()) if len(w) >= 4 and w not in _COMMON_WORDS]
+
+
+def grounded_share(text: str, cited_texts: Sequence[str]) -> float | None:
+    """The share of the answer's content words found in the texts it cites; None for too few words."""
+    words = content_words(text)
+    if len(words) < MIN_WORDS_FOR_OVERLAP:
+        return None
+    known = set()
+    for cited in cited_texts:
+        known.update(content_words(cited))
+    return sum(w in known for w in words) / len(words)
+
+
+def _source_text(source) -> str:
+    chunk = getattr(source, "chunk", source)
+    return getattr(chunk, "text", "") or ""
+
+
+def grounding_signals(
+    text: str, sources: Sequence, *, supported: bool, min_share: float = 0.30
+) -> dict[str, str]:
+    """Signals computed from the answer and the numbered sources it was given, key -> reason text.
+
+    * ``no citation``: supporting sources were given and the answer cites none of them;
+    * ``unknown citation``: it cites a number outside 1..len(sources);
+    * ``low overlap``: less than ``min_share`` of its content words occur in the sources it cites.
+    """
+    fired: dict[str, str] = {}
+    cited = cited_numbers(text)
+    given = len(sources)
+    if supported and given and not cited:
+        fired[NO_CITATION] = f"cites none of the {given} sources given"
+    unknown = [n for n in cited if not 1 <= n <= given]
+    if unknown:
+        fired[UNKNOWN_CITATION] = "cites " + ", ".join(f"[{n}]" for n in unknown) + f" but {given} sources were given"
+    valid = [n for n in cited if 1 <= n <= given]
+    if valid:
+        share = grounded_share(text, [_source_text(sources[n - 1]) for n in valid])
+        if share is not None and share < min_share:
+            fired[LOW_OVERLAP] = f"only {share:.0%} of its words are in the sources it cites"
+    return fired
+
+
 # --------------------------------------------------------------------------------------------------
 # The verdict on a finished answer
 # --------------------------------------------------------------------------------------------------
@@ -143,6 +211,8 @@ class Assessment:
     declined: bool = False
     supported: bool = True
     signals: list[Signal] = field(default_factory=list)
+    grounding: dict[str, str] = field(default_factory=dict)  # grounding signals that fired (key -> reason)
+    grounding_decided: bool = False  # logprobs were absent, so the grounding signals counted
 
     @property
     def reason(self) -> str | None:
@@ -168,6 +238,9 @@ def assess(
         supported = retrieval_supported(sources, options.min_source_score)
     declined = looks_declined(text)
     chars = len(text.strip())
+    grounding = grounding_signals(text, sources, supported=supported, min_share=options.min_grounded_share)
+    # Without logprobs the grounding signals stand in for confidence, on answers long enough to judge.
+    grounding_decides = confidence is None and not declined and chars >= options.min_answer_chars
 
     short = chars < options.min_answer_chars
     unsure = confidence is not None and confidence < options.confidence_threshold
@@ -181,6 +254,10 @@ def assess(
         Signal("support", supported, options.min_source_score, not supported,
                f"{'a' if supported else 'no'} source above score {options.min_source_score:g}"),
     ]
+    for name in GROUNDING_SIGNALS:
+        if name in grounding:
+            signals.append(Signal(name, True, options.min_grounded_share if name == LOW_OVERLAP else None,
+                                  True, grounding[name] + ("" if grounding_decides else " (not deciding: logprobs present)")))
     reasons: list[str] = []
     if declined and not supported:
         # "The documents do not cover this" with nothing retrieved: correct, and the large model
@@ -193,6 +270,8 @@ def assess(
             reasons.append(f"answer {chars} chars < {options.min_answer_chars}")
         if unsure:
             reasons.append(f"confidence {confidence:.2f} < {options.confidence_threshold:.2f}")
+        if grounding_decides:
+            reasons.extend(f"no logprobs, so checked against its sources: {why}" for why in grounding.values())
         if reasons and not supported:
             reasons.append(f"no source above score {options.min_source_score:g}")
     return Assessment(
@@ -203,6 +282,8 @@ def assess(
         declined=declined,
         supported=supported,
         signals=signals,
+        grounding=grounding,
+        grounding_decided=grounding_decides and not (declined and not supported),
     )
 
 

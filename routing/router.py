@@ -100,6 +100,7 @@ class RoutingDecision:
     note: str | None = None  # e.g. why an escalation was not carried out
     refine: RefineOutcome | None = None
     confidence: float | None = None  # of the first leg, None without logprobs
+    grounding_decided: bool = False  # no logprobs: the grounding signals decided on the first answer
 
     @property
     def escalated(self) -> bool:
@@ -138,6 +139,7 @@ class RoutingDecision:
         return {
             "mode": self.mode, "action": self.action, "reason": self.reason, "early": self.early,
             "note": self.note, "confidence": self.confidence, "escalated": self.escalated,
+            "grounding_decided": self.grounding_decided,
             "legs": [{"role": role, "purpose": purpose} for role, purpose in self.legs],
             "signals": [signal.to_dict() for signal in self.signals],
             "refine": self.refine.to_dict() if self.refine else None,
@@ -148,8 +150,12 @@ class RoutingDecision:
 class Router:
     """Plans the legs of one turn and decides, from the stream and the finished answer, what comes next."""
 
-    def __init__(self, options: RoutingOptions, *, supported: bool, same_model: str | None = None):
+    def __init__(
+        self, options: RoutingOptions, *, supported: bool, sources: Sequence = (), same_model: str | None = None
+    ):
+        """``sources``: the numbered sources the model is given (the grounding signals read them)."""
         self.options = options
+        self.sources = list(sources)
         self.mode = RoutingMode(options.mode)
         self.supported = supported
         self.same_model = same_model if self.mode is RoutingMode.AUTOMATIC else None
@@ -192,8 +198,9 @@ class Router:
     # ------------------------------------------------------------------------------ after
     def after_answer(self, text: str, token_logprobs: Sequence[float] | None) -> LegPlan | None:
         """The first leg finished (or was stopped by :meth:`watch`): the next leg, or None to keep its answer."""
-        verdict = assess(text, token_logprobs, (), self.options, supported=self.supported)
+        verdict = assess(text, token_logprobs, self.sources, self.options, supported=self.supported)
         self.decision.confidence = verdict.confidence
+        self.decision.grounding_decided = verdict.grounding_decided
         monitor = self._monitor
         if monitor is not None and monitor.fired:
             confidence = next(s for s in verdict.signals if s.name == "confidence")
@@ -246,6 +253,15 @@ class Router:
             self.decision.refine = RefineOutcome(draft=draft, refined=False, reason=f"refining failed: {message}")
         else:
             self.decision.action = KEPT_SMALL
+
+    def keep_draft(self, reason: str) -> None:
+        """The planned refine cannot run (e.g. no room left for it): the draft stands, and the record says why."""
+        if self._next is not None:
+            self.decision.legs.pop()
+            self._next = None
+        draft = self.decision.refine.draft if self.decision.refine else ""
+        self.decision.action = DRAFT_KEPT
+        self.decision.refine = RefineOutcome(draft=draft, refined=False, reason=reason)
 
     def refined(self, draft: str, final: str) -> None:
         """The refine leg answered: record what it changed."""

@@ -580,3 +580,15 @@ async def test_draft_then_refine_keeps_the_draft_when_the_large_model_fails(fake
     assert record.text == draft and record.answered_role == "small"
     assert record.routing.action == "draft kept" and "refining failed" in record.routing.refine.reason
     assert "so the draft is kept" in of(events, Notice)[0].message
+
+
+async def test_draft_then_refine_keeps_the_draft_when_no_room_is_left_to_refine_it(fake):
+    draft = " ".join(f"word{i}" for i in range(300))
+    fake.script(SMALL, answer(draft))
+    options = RoutingOptions(mode=RoutingMode.DRAFT_THEN_REFINE, refine_min_chars=100, max_tokens=200)
+    events = await collect(make_pipeline(fake, context_window=512), options=options)
+    record = finished(events)
+    assert not fake.requests_for(LARGE) and not of(events, Escalated)
+    assert record.text == draft and record.routing.action == "draft kept"
+    assert record.routing.legs == [("small", "draft")]
+    assert record.routing.describe() == "Draft kept: no room left in the context window for a refined answer."

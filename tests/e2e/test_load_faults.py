@@ -19,7 +19,7 @@ import time
 import pytest
 
 from tests.chat_client import ChatClient
-from tests.e2e.conftest import AppServer, make_app_root
+from benchmarks.harness import AppServer, make_app_root
 from tests.fake_openai_server import FakeOpenAIServer, HeaderCuttingServer, Script
 
 MODEL = "fake-small"
