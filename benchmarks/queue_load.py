@@ -22,7 +22,7 @@ from pathlib import Path
 from assistant.embedded import EMBEDDED_TOP_K, EmbeddedModelServer
 from assistant.settings import load_settings
 from routing.metrics import percentile
-from tests.chat_client import ChatClient
+from benchmarks.chat_client import ChatClient
 from benchmarks.harness import AppServer, make_app_root
 
 QUESTIONS = [

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from tests.chat_client import ChatClient
+from benchmarks.chat_client import ChatClient
 from benchmarks.harness import AppServer, make_app_root
 from tests.fake_openai_server import FakeOpenAIServer, HeaderCuttingServer, Script
 
