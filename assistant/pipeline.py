@@ -28,7 +28,7 @@ from typing import AsyncIterator, Protocol, Sequence
 
 from assistant.events import AnswerStarted, Escalated, Notice, PromptBuilt, SourcesFound, Token, TurnFinished
 from assistant.settings import RoutingMode
-from rag.index import asearch_many, fuse_rankings
+from rag.followup import retrieval_query
 from rag.prompt import build_grounded_messages, cited_numbers, reference_text_sources
 from rag.tokens import count_tokens
 from rag.types import ScoredChunk
@@ -44,7 +44,7 @@ REFINE_INSTRUCTION = (
 
 
 class Retriever(Protocol):
-    """What :func:`rag.index.asearch_many` searches: a KnowledgeBase, an upload's ChunkIndex."""
+    """What a turn searches: the KnowledgeBase, or a conversation's DocumentSet (shared knowledge + its uploads)."""
 
     def search(self, query: str, k: int) -> list[ScoredChunk]: ...
 
@@ -87,15 +87,16 @@ class Pipeline:
         *,
         history: Sequence[dict] = (),
         options: RoutingOptions | None = None,
-        documents: Retriever | Sequence[Retriever] | None = None,
+        documents: Retriever | None = None,
         reference_text: str | None = None,
         retrieve: bool | None = None,
     ) -> AsyncIterator[object]:
         """Yield the events of one turn (see :mod:`assistant.events` for their order).
 
-        ``documents``: the user's uploads (one retriever, e.g. a DocumentSet, or a list), searched
-        with the knowledge base and merged by :func:`rag.index.asearch_many` (rank fusion; each
-        chunk keeps its own BM25 score). ``reference_text``: pasted text whose chunks are sources
+        ``documents``: the conversation's DocumentSet, whose search covers the shared knowledge base and
+        the conversation's uploads in one scoped search (without it, the knowledge base alone is searched).
+        The query is the question, with the earlier question's key terms when it refers back to it
+        (:func:`rag.followup.retrieval_query`). ``reference_text``: pasted text whose chunks are sources
         [1].. in reading order; with it, retrieval runs only if ``retrieve=True`` (default: retrieve
         when there is no reference text). Only sources at or above ``min_source_score`` go into
         the prompt.
@@ -108,35 +109,23 @@ class Pipeline:
         t0 = time.perf_counter()
         should_retrieve = retrieve if retrieve is not None else not reference_text
         retrieved: list[ScoredChunk] = []
-        # The conversation's documents first: rag's fusion gives ties to the retriever listed first.
-        if documents is None:
-            documents = []
-        elif hasattr(documents, "search"):  # one retriever (a DocumentSet) rather than a list of them
-            documents = [documents]
+        # One scoped search: a conversation's DocumentSet searches the shared knowledge and its own uploads
+        # together, on one set of collection statistics, so every score is on the same scale.
+        retriever = documents if documents is not None else self.knowledge
+        query = retrieval_query(question, history) if should_retrieve else question
         notices: list[Notice] = []
-        upload_hits: list[ScoredChunk] = []
-        knowledge_hits: list[ScoredChunk] = []
-        if should_retrieve:
+        if should_retrieve and retriever is not None:
             try:
-                if documents:
-                    upload_hits = await asearch_many(documents, question, self.settings.top_k)
-                if self.knowledge is not None:
-                    knowledge_hits = await asearch_many([self.knowledge], question, self.settings.top_k)
+                retrieved = await asyncio.to_thread(retriever.search, query, self.settings.top_k)
             except Exception as exc:  # a broken index must not lose the turn: answer without sources
                 notices.append(Notice("warning", f"The document search failed ({exc}); answering without sources."))
-        retrieved = fuse_rankings([upload_hits, knowledge_hits], self.settings.top_k)
         reference = reference_text_sources(reference_text, self.settings.chunk_tokens) if reference_text else []
         turn.metrics.retrieval_ms = (time.perf_counter() - t0) * 1000
-        # The score floor is calibrated on the shared knowledge base. A conversation's uploads form a tiny
-        # collection whose BM25 scores run far lower (idf from a handful of chunks), and the user chose them
-        # for this conversation: any match of the question's terms counts as support there.
-        supporting = {id(s) for s in upload_hits if s.score > 0}
-        supporting |= {id(s) for s in knowledge_hits if s.score >= options.min_source_score}
-        supported_retrieved = [s for s in retrieved if id(s) in supporting]
+        supported_retrieved = [s for s in retrieved if s.score >= options.min_source_score]
         turn.supported = bool(reference) or bool(supported_retrieved)
         turn.sources_found = len(reference) + len(supported_retrieved)
         yield SourcesFound(
-            query=question,
+            query=query,
             sources=reference + retrieved,
             retrieval_ms=turn.metrics.retrieval_ms,
             supported=turn.supported,

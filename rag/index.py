@@ -1,4 +1,4 @@
-"""One BM25 index for the shared knowledge base and every conversation's uploads, with a heading field.
+"""One BM25 index for the shared knowledge base and every conversation's uploads, with title and section fields.
 
 A :class:`Collection` holds segments: one for the shared knowledge base and one per conversation
 (its uploads). Each segment keeps, per field, term-major postings (numpy arrays of chunk numbers and
@@ -8,11 +8,14 @@ statistics (chunk count, document frequencies, average field lengths) summed ove
 segments. So an uploaded chunk and a shared chunk with the same words get the same score, and one
 conversation's uploads never change another conversation's scores.
 
-Two fields, scored separately with BM25 and added with weights (:class:`Weights`):
+Three fields, scored separately with BM25 and added with weights (:class:`Weights`):
 
 - ``body``: the chunk's text;
-- ``heading``: the document title and the section headings above the chunk, so a question phrased
-  like a page title or section heading lifts that chunk more than the same words in a body.
+- ``title``: the page's or document's title;
+- ``section``: the section headings above the chunk (below the title),
+
+so a question phrased like a page title or a section heading lifts that chunk more than the same words
+in a body would.
 
 BM25 per field is Lucene's: idf ``log(1 + (N - df + 0.5) / (df + 0.5))`` (always positive, so a
 one-document conversation still finds its document) and ``tf / (tf + k1 * (1 - b + b * len / avglen))``.
@@ -23,12 +26,12 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Protocol, Sequence
 
 import numpy as np
 
-from rag.bm25 import BACKENDS, DEFAULT_B, DEFAULT_K1, analyze
+from rag.bm25 import BACKENDS, DEFAULT_B, DEFAULT_K1, analyze, analyze_query
 from rag.types import SHARED_SCOPE, Chunk, ScoredChunk
 
 
@@ -44,10 +47,19 @@ class Weights:
     """Ranking parameters. Chosen on the Python 3.11 library-reference development set
     (``benchmarks/retrieval_docs.py``), never on SciFact's test split."""
 
-    heading: float = 1.0  # weight of the heading field's BM25 score; the body's is 1
-    heading_b: float = 0.3  # length normalisation of the heading field
+    title: float = 0.5  # weight of the title field's BM25 score; the body's is 1
+    section: float = 0.5  # weight of the section field's
+    title_b: float = 0.3  # length normalisation of the title and section fields
     k1: float = DEFAULT_K1
     b: float = DEFAULT_B
+    # Evidence from the rest of the page: a chunk gains this share of the scores of its document's other
+    # chunks among the best candidates (at most ``PAGE_CHUNKS`` of them), so the page about a topic wins
+    # over one stray chunk elsewhere. No effect when every document is one chunk.
+    page: float = 0.3
+
+    @property
+    def without_structure(self) -> "Weights":
+        return replace(self, title=0.0, section=0.0)
 
 
 DEFAULT_WEIGHTS = Weights()
@@ -57,8 +69,18 @@ def body_terms(chunk: Chunk) -> list[str]:
     return analyze(chunk.text)
 
 
-def heading_terms(chunk: Chunk) -> list[str]:
-    return analyze(chunk.heading_text)
+def title_terms(chunk: Chunk) -> list[str]:
+    return analyze(chunk.doc_title or chunk.title)
+
+
+def section_terms(chunk: Chunk) -> list[str]:
+    if chunk.section:
+        return analyze(chunk.section)
+    return analyze(chunk.title) if chunk.title and chunk.title != chunk.doc_title else []
+
+
+FIELD_TERMS = {"body": body_terms, "title": title_terms, "section": section_terms}
+FIELDS = tuple(FIELD_TERMS)
 
 
 def index_terms(chunk: Chunk) -> list[str]:
@@ -137,26 +159,28 @@ class Segment:
     """Chunks (a tuple, or a lazy store that builds a chunk when asked) and their two fields."""
 
     chunks: Sequence[Chunk]
-    body: FieldPostings
-    heading: FieldPostings
+    fields: dict[str, FieldPostings]  # one per name in FIELDS
+    documents: np.ndarray  # per chunk, the number of its document (file) within the segment
 
     @classmethod
     def build(cls, chunks: Sequence[Chunk]) -> "Segment":
-        return cls(tuple(chunks), FieldPostings.build([body_terms(c) for c in chunks]),
-                   FieldPostings.build([heading_terms(c) for c in chunks]))
+        numbers: dict[str, int] = {}
+        documents = np.fromiter((numbers.setdefault(c.source, len(numbers)) for c in chunks), np.int64, len(chunks))
+        fields = {name: FieldPostings.build([terms(c) for c in chunks]) for name, terms in FIELD_TERMS.items()}
+        return cls(tuple(chunks), fields, documents)
 
     @classmethod
     def empty(cls) -> "Segment":
-        return cls((), FieldPostings.empty(), FieldPostings.empty())
+        return cls((), {name: FieldPostings.empty() for name in FIELDS}, np.zeros(0, np.int64))
 
     def __len__(self) -> int:
-        return self.body.size
+        return self.fields["body"].size
 
 
 def _field_scores(
     segments: Sequence[Segment], name: str, query: list[str], k1: float, b: float, weight: float, totals: list[np.ndarray]
 ) -> None:
-    fields: list[FieldPostings] = [getattr(segment, name) for segment in segments]
+    fields: list[FieldPostings] = [segment.fields[name] for segment in segments]
     count = sum(f.size for f in fields)
     average = sum(f.total_length for f in fields) / count if count else 0.0
     if average <= 0:
@@ -177,14 +201,19 @@ def _field_scores(
 def search_segments(segments: Sequence[Segment], query: str, k: int, weights: Weights = DEFAULT_WEIGHTS) -> list[ScoredChunk]:
     """The ``k`` best chunks of ``segments``, scored with statistics summed over exactly these segments."""
     segments = [segment for segment in segments if len(segment)]
-    terms = analyze(query)
+    terms = analyze_query(query)
     if k <= 0 or not segments or not terms:
         return []
     totals = [np.zeros(len(segment), np.float64) for segment in segments]
     _field_scores(segments, "body", terms, weights.k1, weights.b, 1.0, totals)
-    if weights.heading:
-        _field_scores(segments, "heading", terms, weights.k1, weights.heading_b, weights.heading, totals)
+    for name, weight in (("title", weights.title), ("section", weights.section)):
+        if weight:
+            _field_scores(segments, name, terms, weights.k1, weights.title_b, weight, totals)
     scores = np.concatenate(totals)
+    if weights.page:
+        document_offsets = np.cumsum([0] + [int(s.documents.max()) + 1 if len(s.documents) else 0 for s in segments])
+        documents = np.concatenate([s.documents + offset for s, offset in zip(segments, document_offsets)])
+        scores = _with_page_evidence(scores, documents, weights.page)
     offsets = np.cumsum([0] + [len(segment) for segment in segments])
     best = _best(scores, k)
     results = []
@@ -192,6 +221,26 @@ def search_segments(segments: Sequence[Segment], query: str, k: int, weights: We
         number = int(np.searchsorted(offsets, position, side="right")) - 1
         results.append(ScoredChunk(segments[number].chunks[position - int(offsets[number])], score))
     return results
+
+
+PAGE_CANDIDATES = 200
+PAGE_CHUNKS = 3
+
+
+def _with_page_evidence(scores: np.ndarray, documents: np.ndarray, share: float) -> np.ndarray:
+    candidates = np.array([index for index, _ in _best(scores, PAGE_CANDIDATES)], dtype=np.int64)
+    if candidates.size < 2:
+        return scores
+    boosted = scores.copy()
+    by_document: dict[int, list[float]] = {}
+    for index in candidates.tolist():  # best first
+        by_document.setdefault(int(documents[index]), []).append(float(scores[index]))
+    for index in candidates.tolist():
+        own = float(scores[index])
+        best = by_document[int(documents[index])][:PAGE_CHUNKS + 1]
+        others = sum(best) - own if own in best else sum(best[:PAGE_CHUNKS])
+        boosted[index] = own + share * others
+    return boosted
 
 
 def _best(scores: np.ndarray, k: int) -> list[tuple[int, float]]:

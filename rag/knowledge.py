@@ -43,7 +43,7 @@ import numpy as np
 
 from rag.bm25 import DEFAULT_BACKEND
 from rag.chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP
-from rag.index import Collection, FieldPostings, Segment, check_index_options, heading_terms, body_terms
+from rag.index import FIELD_TERMS, FIELDS, Collection, FieldPostings, Segment, check_index_options
 from rag.loaders import LoadError, SkippedFile, document_chunks, folder_files, load_bytes, relative_source
 from rag.types import SHARED_SCOPE, Chunk, ScoredChunk
 
@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 
 # Bump when chunking, analysis or the cache layout changes in a way that makes cached data stale.
 CACHE_FORMAT = 2
-FIELDS = ("body", "heading")
 
 Progress = Callable[[int, int, str], None]  # (files processed, files to process, current source)
 
@@ -180,8 +179,7 @@ class _NewFile:
 
     entry: _File
     chunks: list[Chunk]
-    body: list[list[str]]
-    heading: list[list[str]]
+    terms: dict[str, list[list[str]]]  # per field, per chunk
 
 
 def _delta_encode(postings: FieldPostings) -> np.ndarray:
@@ -297,7 +295,7 @@ class KnowledgeBase:
             if any(len(column) != size for column in columns.values()) or any(f.size != size for f in fields.values()):
                 raise ValueError("chunk columns and postings disagree on the number of chunks")
             store = ChunkStore(files, columns, list(manifest["strings"]))
-            return {f.source: f for f in files}, Segment(store, fields["body"], fields["heading"]), ""
+            return {f.source: f for f in files}, Segment(store, fields, store.columns["file"].astype(np.int64)), ""
         except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, zlib.error, zipfile.BadZipFile) as exc:
             log.warning("Index cache %s is damaged (%s: %s); rebuilding it.", self.cache_path, type(exc).__name__, exc)
             return {}, None, f"damaged: {type(exc).__name__}"
@@ -320,7 +318,7 @@ class KnowledgeBase:
         arrays: dict[str, np.ndarray] = {f"chunk_{name}": store.columns[name] for name in _CHUNK_COLUMNS}
         vocabulary = {}
         for name in FIELDS:
-            postings: FieldPostings = getattr(segment, name)
+            postings: FieldPostings = segment.fields[name]
             vocabulary[name] = "\n".join(postings.vocabulary)
             arrays[f"{name}_indptr"] = postings.indptr
             arrays[f"{name}_docs"] = _delta_encode(postings)
@@ -354,10 +352,10 @@ class KnowledgeBase:
         except LoadError as exc:
             log.warning("Skipped %s: %s", source, exc)
             entry.skipped = str(exc)
-            return _NewFile(entry, [], [], [])
+            return _NewFile(entry, [], {name: [] for name in FIELDS})
         entry.title = document.title
         entry.block = zlib.compress("".join(chunk.text for chunk in chunks).encode("utf-8"), 6)
-        return _NewFile(entry, chunks, [body_terms(c) for c in chunks], [heading_terms(c) for c in chunks])
+        return _NewFile(entry, chunks, {name: [terms(c) for c in chunks] for name, terms in FIELD_TERMS.items()})
 
     def refresh(self, progress: Progress | None = None) -> RefreshReport:
         with self._refresh_lock:
@@ -472,7 +470,7 @@ class KnowledgeBase:
         columns: dict[str, list[np.ndarray]] = {name: [] for name in _CHUNK_COLUMNS}
         old_numbers: list[np.ndarray] = []  # old chunk numbers carried over, in new order
         new_at: list[tuple[int, _NewFile]] = []  # (first new chunk number, file)
-        vocabularies = {name: dict(getattr(old, name).vocabulary) if old is not None else {} for name in FIELDS}
+        vocabularies = {name: dict(old.fields[name].vocabulary) if old is not None else {} for name in FIELDS}
         next_chunk = 0
         for file_number, item in enumerate(sorted(processed, key=lambda i: (i.entry if isinstance(i, _NewFile) else i).source)):
             if isinstance(item, _File):
@@ -529,7 +527,7 @@ class KnowledgeBase:
             term_parts, doc_parts, freq_parts = [], [], []
             lengths = np.zeros(total, np.float32)
             if old is not None and (carried >= 0).any():
-                previous: FieldPostings = getattr(old, name)
+                previous: FieldPostings = old.fields[name]
                 remap = np.full(previous.size, -1, np.int64)
                 kept_new = np.flatnonzero(carried >= 0)
                 remap[carried[kept_new]] = kept_new
@@ -541,7 +539,7 @@ class KnowledgeBase:
                 freq_parts.append(freqs[keep])
                 lengths[kept_new] = previous.lengths[carried[kept_new]]
             for first, item in new_at:
-                term_lists = item.body if name == "body" else item.heading
+                term_lists = item.terms[name]
                 added = FieldPostings.build(term_lists, vocabulary)
                 term_ids, docs, freqs = added.entries()
                 term_parts.append(term_ids)
@@ -557,7 +555,7 @@ class KnowledgeBase:
                 fields[name] = FieldPostings(vocabulary, np.zeros(len(vocabulary) + 1, np.int64),
                                              np.zeros(0, np.int32), np.zeros(0, np.float32), lengths)
         store = ChunkStore(files, merged_columns, strings)
-        return files, Segment(store, fields["body"], fields["heading"]), strings
+        return files, Segment(store, fields, store.columns["file"].astype(np.int64)), strings
 
     # --- watching ------------------------------------------------------------------------------------
 
