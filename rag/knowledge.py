@@ -339,9 +339,17 @@ class KnowledgeBase:
             os.replace(temp, self.cache_path)
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
+            self._remove_legacy_cache()
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
             raise
+
+    def _remove_legacy_cache(self) -> None:
+        """The JSON cache (and saved bm25s index) of format 1, replaced by this folder."""
+        legacy = self.cache_path.name
+        (self.cache_dir / f"{legacy}.json").unlink(missing_ok=True)
+        for old in self.cache_dir.glob(f"{legacy}-bm25s-*"):
+            shutil.rmtree(old, ignore_errors=True)
 
     # --- refresh -----------------------------------------------------------------------------------
 
