@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
+from functools import lru_cache
 from dataclasses import dataclass, replace
 from typing import Protocol, Sequence
 
@@ -69,14 +70,19 @@ def body_terms(chunk: Chunk) -> list[str]:
     return analyze(chunk.text)
 
 
+@lru_cache(maxsize=4096)
+def _heading_terms(text: str) -> tuple[str, ...]:
+    return tuple(analyze(text))  # every chunk of a page repeats its title: analysed once
+
+
 def title_terms(chunk: Chunk) -> list[str]:
-    return analyze(chunk.doc_title or chunk.title)
+    return list(_heading_terms(chunk.doc_title or chunk.title))
 
 
 def section_terms(chunk: Chunk) -> list[str]:
     if chunk.section:
-        return analyze(chunk.section)
-    return analyze(chunk.title) if chunk.title and chunk.title != chunk.doc_title else []
+        return list(_heading_terms(chunk.section))
+    return list(_heading_terms(chunk.title)) if chunk.title and chunk.title != chunk.doc_title else []
 
 
 FIELD_TERMS = {"body": body_terms, "title": title_terms, "section": section_terms}

@@ -53,19 +53,14 @@ class Chunk:
         return self if self.scope == scope else replace(self, scope=scope)
 
     @property
-    def heading_text(self) -> str:
-        """What the heading field indexes: the document title and the section headings."""
-        parts = [self.doc_title or self.title]
-        if self.section:
-            parts.append(self.section)
-        elif self.title and self.title != parts[0]:
-            parts.append(self.title)
-        return "\n".join(parts)
+    def link(self) -> str:
+        """``source#anchor`` when the section has an HTML anchor, else the source."""
+        return f"{self.source}#{self.anchor}" if self.anchor else self.source
 
     @property
     def location(self) -> str:
-        """Where the chunk is, for a citation: the file (with its anchor), the PDF page, the page title and section."""
-        where = self.source + (f"#{self.anchor}" if self.anchor else "")
+        """Where the chunk is, for a citation: the file, the PDF page, the page title and section."""
+        where = self.source
         if self.page is not None:
             where += f", page {self.page}"
         title = "" if self.doc_title == PurePosixPath(self.source).stem else self.doc_title
