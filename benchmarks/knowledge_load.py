@@ -21,12 +21,9 @@ import argparse
 import json
 import os
 import random
-import resource
-import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from benchmarks.data import PROJECT_ROOT, scifact_dir
