@@ -45,7 +45,7 @@ class TerminalProgress:
         tenth = 10 * done // total
         if tenth != self._last_tenth:
             self._last_tenth = tenth
-            self.stream.write(f"{self.label}: {done}/{total} files ({10 * tenth} %)\n")
+            self.stream.write(f"{self.label}: {done}/{total} files ({100 * done // total} %)\n")
             self.stream.flush()
 
 

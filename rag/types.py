@@ -59,15 +59,18 @@ class Chunk:
 
     @property
     def location(self) -> str:
-        """Where the chunk is, for a citation: the file, the PDF page, the page title and section."""
+        """Where the chunk is, briefly (the prompt's source attribute): the file, and the PDF page."""
         where = self.source
         if self.page is not None:
             where += f", page {self.page}"
+        return where
+
+    @property
+    def citation(self) -> str:
+        """Where the chunk is, for people: the location, then the page title and the section."""
         title = "" if self.doc_title == PurePosixPath(self.source).stem else self.doc_title
         label = " › ".join(part for part in (title, self.section) if part)
-        if label and label != self.source:
-            where += f" — {label}"
-        return where
+        return f"{self.location} — {label}" if label and label != self.source else self.location
 
 
 @dataclass(frozen=True)

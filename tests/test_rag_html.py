@@ -55,7 +55,8 @@ def test_chunks_carry_page_title_section_and_anchor_for_citations():
     new = next(c for c in chunks if c.anchor == "hmac.new")
     assert new.doc_title == "hmac — Keyed-Hashing for Message Authentication"
     assert new.section == "hmac.new(key, msg=None)"
-    assert new.location == "library/hmac.html — hmac — Keyed-Hashing for Message Authentication › hmac.new(key, msg=None)"
+    assert new.citation == "library/hmac.html — hmac — Keyed-Hashing for Message Authentication › hmac.new(key, msg=None)"
+    assert new.location == "library/hmac.html"
     assert new.link == "library/hmac.html#hmac.new"
 
 

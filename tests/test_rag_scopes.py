@@ -164,4 +164,5 @@ def test_progress_is_reported_per_processed_file(tmp_path):
     for done in range(1, 13):
         bar(done, 12, f"page{done}.md")
     lines = stream.getvalue().splitlines()
-    assert lines[0] == "Indexing knowledge: 1/12 files (0 %)" and lines[-1] == "Indexing knowledge: 12/12 files (100 %)"
+    assert lines[0] == "Indexing knowledge: 1/12 files (8 %)" and lines[-1] == "Indexing knowledge: 12/12 files (100 %)"
+    assert len(lines) <= 11  # one line per tenth, not per file
