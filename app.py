@@ -28,6 +28,7 @@ from assistant.uploads import UploadError, save_upload, share_document
 from rag.documents import DocumentSet
 from rag.citations import strip_citations
 from rag.loaders import LoadError
+from rag.progress import TerminalProgress, progress_message
 from routing.client import ModelNotFound, explain_alias
 from routing.metrics import SessionMetrics, latency_figure, summary_rows
 from routing.policy import RoutingOptions
@@ -74,17 +75,25 @@ MODE_LABELS = {
 # ------------------------------------------------------------------------------------------------
 
 
+def load_knowledge() -> None:
+    """Once per process: load the cached index (or index the folder, with a progress bar), then watch it."""
+    report = knowledge.refresh(progress=TerminalProgress())
+    log.info("knowledge: %s", report.summary())
+    knowledge.start_watching()
+
+
 @cl.on_app_startup
 async def startup() -> None:
     await ensure_schema(settings.sqlalchemy_url)
     # Learn the served models now, so that no welcome waits for them (see ModelClient.server_health).
     await client.server_health(wait_s=0)
-    report = await asyncio.to_thread(knowledge.refresh)
-    log.info("knowledge: %s", report)
+    # In the background: a large folder's first indexing must not hold up the server; chats show its progress.
+    asyncio.get_running_loop().run_in_executor(None, load_knowledge)
 
 
 @cl.on_app_shutdown
 async def shutdown() -> None:
+    knowledge.stop_watching()
     await client.close()
 
 
@@ -161,21 +170,25 @@ def documents() -> DocumentSet:
     return documents_by_thread[tid]
 
 
-def new_document_set() -> DocumentSet:
+def new_document_set(tid: str) -> DocumentSet:
+    """A conversation's uploads: its own scope of the knowledge base's one index."""
     return DocumentSet(
         backend=settings.bm25_backend.value,
         chunk_tokens=settings.chunk_tokens,
         chunk_overlap=settings.chunk_overlap,
+        collection=knowledge.collection,
+        scope=tid,
     )
 
 
 def document_set_from(tid: str, stored: dict | None) -> DocumentSet:
     if stored:
         try:
-            return DocumentSet.from_state(stored, backend=settings.bm25_backend.value)
+            return DocumentSet.from_state(stored, backend=settings.bm25_backend.value,
+                                          collection=knowledge.collection, scope=tid)
         except Exception as exc:  # a damaged state file must not stop the conversation
             log.warning("could not restore uploads of %s: %s", tid, exc)
-    return new_document_set()
+    return new_document_set(tid)
 
 
 async def load_documents(tid: str, state: dict) -> None:
@@ -184,7 +197,7 @@ async def load_documents(tid: str, state: dict) -> None:
 
 
 def knowledge_sources() -> list[str]:
-    return sorted({chunk.source for chunk in knowledge.chunks})
+    return knowledge.sources()
 
 
 async def save_documents() -> None:
@@ -291,10 +304,25 @@ async def welcome(values: dict, resumed: bool = False) -> None:
 @cl.on_chat_start
 async def on_chat_start() -> None:
     log.info("new conversation %s", thread_id())
-    await asyncio.to_thread(knowledge.refresh)
     values = await send_chat_settings({})
     await conversations.aupdate(thread_id(), chat_settings=values)
     await welcome(values)
+    if knowledge.progress.running and knowledge.chunk_count == 0:  # the folder's first indexing
+        asyncio.create_task(show_indexing_progress())
+
+
+async def show_indexing_progress() -> None:
+    """A message that follows the knowledge folder's first indexing until it ends."""
+    progress = knowledge.progress
+    message = cl.Message(content=progress_message(progress.done, progress.total, progress.current), author="assistant")
+    await message.send()
+    while knowledge.progress.running:
+        await asyncio.sleep(1.0)
+        progress = knowledge.progress
+        message.content = progress_message(progress.done, progress.total, progress.current)
+        await message.update()
+    message.content = f"Knowledge folder indexed: {len(knowledge_sources())} files, {knowledge.chunk_count} chunks."
+    await message.update()
 
 
 @cl.on_chat_resume
