@@ -40,6 +40,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 
 from assistant.accounts import Accounts, LoginThrottle
+from assistant.storage import safe_key
 
 log = logging.getLogger("assistant.web_security")
 
@@ -351,17 +352,24 @@ def attachment_headers(name: str) -> dict[str, str]:
     }
 
 
-async def stored_file_response(object_key: str, storage, user) -> Response:
-    """A stored element file for its owner only (the object key starts with the owner's user id)."""
+OwnerOf = Callable[[str], Awaitable["str | None"]]
+
+
+async def stored_file_response(object_key: str, storage, user, owner_of: OwnerOf) -> Response:
+    """A stored element file for its owner only: the author of the thread the element belongs to.
+
+    (The key's first part is not proof of ownership: Chainlit writes ``unknown/...`` when the element is
+    stored before its thread.)"""
     if user is None:
         return JSONResponse({"error": "Log in to the chat first."}, status_code=401)
-    owner_id = object_key.split("/", 1)[0]
-    if not owner_id or owner_id != str(getattr(user, "id", "")):
-        return PlainTextResponse("Not found", status_code=404)  # someone else's file: do not say it exists
     try:
-        path = storage.path_for(object_key)
+        key = safe_key(object_key)
+        path = storage.path_for(key)
     except ValueError:
         return PlainTextResponse("Not found", status_code=404)
+    owner = await owner_of(key)
+    if owner is None or owner != getattr(user, "identifier", None):
+        return PlainTextResponse("Not found", status_code=404)  # someone else's file: do not say it exists
     if not path.is_file():
         return PlainTextResponse("Not found", status_code=404)
     return FileResponse(path, media_type=served_type(path.name), headers=attachment_headers(path.name))
@@ -415,6 +423,22 @@ def guarded_data_layer(base_class, limit_bytes: int):
 # ------------------------------------------------------------------------------------------------
 # Installation on Chainlit's app
 # ------------------------------------------------------------------------------------------------
+
+
+async def element_owner(object_key: str) -> str | None:
+    """The user identifier of the thread that holds the element stored under ``object_key``."""
+    from chainlit.data import get_data_layer
+
+    layer = get_data_layer()
+    if layer is None or not hasattr(layer, "execute_sql"):
+        return None
+    rows = await layer.execute_sql('SELECT "threadId" FROM elements WHERE "objectKey" = :key', {"key": object_key})
+    if not isinstance(rows, list) or not rows or not rows[0].get("threadId"):
+        return None
+    try:
+        return await layer.get_thread_author(rows[0]["threadId"])
+    except ValueError:
+        return None
 
 
 async def user_from_headers(headers: Headers):
@@ -479,7 +503,8 @@ def install(app, sio, settings, *, storage, bind_host: str, accounts: Accounts |
     first_new = len(app.router.routes)
 
     async def stored_file_route(object_key: str, request: Request):
-        return await stored_file_response(object_key, storage, await user_from_headers(request.headers))
+        user = await user_from_headers(request.headers)
+        return await stored_file_response(object_key, storage, user, element_owner)
 
     app.add_api_route("/storage/{object_key:path}", stored_file_route, methods=["GET", "HEAD"],
                       include_in_schema=False)

@@ -211,33 +211,19 @@ async def test_chainlit_upload_endpoint_refuses_types_the_app_does_not_read(loca
         await client.disconnect()
 
 
-def plant_stored_file(app: AppServer, owner_id: str, name: str, data: bytes) -> str:
-    key = f"{owner_id}/{uuid.uuid4()}/{name}"
-    path = app.data_dir / "files" / key
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return "/storage/" + key
-
-
-def test_stored_files_go_to_their_owner_only_as_inert_attachments(shared_app):
+def test_stored_files_are_inert_attachments_and_need_a_login(shared_app):
+    # Files of real threads (owner checks) are covered on PostgreSQL in tests/e2e/test_shared_server.py;
+    # here, a file planted in the store with no element row is served to nobody.
     alice = login(shared_app, "alice", "alice-password").cookies
-    bob = login(shared_app, "bob", "bob-password").cookies
-    alice_id = httpx.get(shared_app.url + "/user", cookies=alice, timeout=10).json()["id"]
-    url = plant_stored_file(shared_app, alice_id, "page.html", b"<script>document.title='owned'</script>")
-
-    response = httpx.get(shared_app.url + url, cookies=alice, timeout=10)
-    assert response.status_code == 200 and b"<script>" in response.content
-    assert response.headers["content-type"] == "application/octet-stream"
-    assert response.headers["content-disposition"].startswith("attachment;")
-    assert response.headers["x-content-type-options"] == "nosniff"
-    assert "default-src 'none'" in response.headers["content-security-policy"]
-    assert "sandbox" in response.headers["content-security-policy"]
-
-    assert httpx.get(shared_app.url + url, cookies=bob, timeout=10).status_code == 404  # another user
-    assert httpx.get(shared_app.url + url, timeout=10).status_code == 401  # nobody logged in
-    response = httpx.get(shared_app.url + url, cookies=alice, timeout=10,
+    key = f"unknown/{uuid.uuid4()}/page.html"
+    path = shared_app.data_dir / "files" / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"<script>document.title='owned'</script>")
+    assert httpx.get(shared_app.url + "/storage/" + key, timeout=10).status_code == 401
+    assert httpx.get(shared_app.url + "/storage/" + key, cookies=alice, timeout=10).status_code == 404
+    response = httpx.get(shared_app.url + "/storage/" + key, cookies=alice, timeout=10,
                          headers={"Origin": f"http://127.0.0.1:{free_port()}"})
-    assert response.status_code == 403  # the owner's cookie, sent by another page
+    assert response.status_code == 403  # the user's cookie, sent by another page
 
 
 # ------------------------------------------------------------------------------------------------
@@ -284,3 +270,27 @@ def test_forty_wrong_passwords_are_throttled_per_address_and_per_account(shared_
     # ...nor from another address while the account is locked; another account from there is fine.
     assert login(shared_app, "alice", "alice-password", source="127.0.0.2").status_code == 401
     assert login(shared_app, "bob", "bob-password", source="127.0.0.2").status_code == 200
+
+
+def test_header_auth_is_never_offered_beyond_loopback(fake, tmp_path):
+    """Bound to every address with no password login, the app refuses to start instead of giving every
+    visitor the local user's session."""
+    import subprocess
+    import sys
+
+    from tests.e2e.conftest import PROJECT
+
+    server = AppServer(make_app_root(tmp_path / "root"), fake.base_url, SMALL, LARGE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chainlit", "run", str(PROJECT / "app.py"), "--headless", "--host", "0.0.0.0",
+         "--port", str(server.port)],
+        cwd=server.root, env=server.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        pytest.fail("the app started on 0.0.0.0 with header auth")
+    assert process.returncode != 0
+    assert "ASSISTANT_USERS_FILE" in output and "127.0.0.1" in output

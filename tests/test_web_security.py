@@ -180,13 +180,21 @@ async def test_a_stored_file_is_served_to_its_owner_only(tmp_path):
     from assistant.storage import LocalFileStorage
 
     storage = LocalFileStorage(tmp_path / "files")
-    await storage.upload_file("owner-id/element-1/page.html", b"<script>alert(1)</script>", "text/html")
-    owner, other = SimpleNamespace(id="owner-id"), SimpleNamespace(id="other-id")
-    response = await stored_file_response("owner-id/element-1/page.html", storage, owner)
+    stored = await storage.upload_file("unknown/element-1/page.html", b"<script>alert(1)</script>", "text/html")
+    owners = {stored["object_key"]: "alice"}  # what the elements and threads tables say
+
+    async def owner_of(key):
+        return owners.get(key)
+
+    alice, bob = SimpleNamespace(identifier="alice"), SimpleNamespace(identifier="bob")
+    key = stored["object_key"]
+    response = await stored_file_response(key, storage, alice, owner_of)
     assert response.status_code == 200 and response.media_type == "application/octet-stream"
-    assert (await stored_file_response("owner-id/element-1/page.html", storage, other)).status_code == 404
-    assert (await stored_file_response("owner-id/element-1/page.html", storage, None)).status_code == 401
-    assert (await stored_file_response("owner-id/../owner-id/element-1/page.html", storage, other)).status_code == 404
+    assert (await stored_file_response(key, storage, bob, owner_of)).status_code == 404
+    assert (await stored_file_response(key, storage, None, owner_of)).status_code == 401
+    assert (await stored_file_response("unknown/../unknown/element-1/page.html", storage, bob, owner_of)).status_code == 404
+    await storage.upload_file("unknown/element-2/orphan.md", b"no element row", "text/markdown")
+    assert (await stored_file_response("unknown/element-2/orphan.md", storage, alice, owner_of)).status_code == 404
 
 
 async def test_refused_uploads_are_never_stored(tmp_path):
