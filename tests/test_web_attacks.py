@@ -294,3 +294,78 @@ def test_header_auth_is_never_offered_beyond_loopback(fake, tmp_path):
         pytest.fail("the app started on 0.0.0.0 with header auth")
     assert process.returncode != 0
     assert "ASSISTANT_USERS_FILE" in output and "127.0.0.1" in output
+
+
+class ChatSession:
+    """One chat over the socket, as the browser's client drives it: messages, uploads, action clicks."""
+
+    def __init__(self, app: AppServer, cookies: httpx.Cookies):
+        self.app, self.cookies = app, cookies
+        self.session_id = str(uuid.uuid4())
+        self.client = socketio.AsyncClient(reconnection=False)
+        self.messages: list[str] = []
+        self.actions: list[dict] = []
+        self.client.on("new_message", lambda data: self.messages.append(data.get("output", "")))
+        self.client.on("update_message", lambda data: self.messages.append(data.get("output", "")))
+        self.client.on("action", lambda data: self.actions.append(data))
+
+    async def __aenter__(self) -> "ChatSession":
+        await self.client.connect(
+            self.app.url, socketio_path="/ws/socket.io", transports=["websocket"], wait_timeout=15,
+            headers={"Origin": self.app.url, "Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())},
+            auth={"sessionId": self.session_id, "clientType": "webapp", "threadId": None, "userEnv": "{}",
+                  "chatProfile": None},
+        )
+        await self.client.emit("connection_successful")
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.client.disconnect()
+
+    async def wait_for(self, text: str, timeout_s: float = 60) -> None:
+        import asyncio
+
+        deadline = time.monotonic() + timeout_s
+        while not any(text in m for m in self.messages):
+            assert time.monotonic() < deadline, f"no message with {text!r}; got {self.messages[-5:]}"
+            await asyncio.sleep(0.1)
+
+    async def send(self, text: str, files: list[tuple[str, bytes, str]] = ()) -> None:
+        refs = []
+        for name, data, mime in files:
+            response = httpx.post(self.app.url + "/project/file", params={"session_id": self.session_id},
+                                  cookies=self.cookies, files={"file": (name, data, mime)}, timeout=30)
+            assert response.status_code == 200, response.text
+            refs.append({"id": response.json()["id"]})
+        message = {"id": str(uuid.uuid4()), "threadId": "", "name": "User", "type": "user_message", "output": text,
+                   "createdAt": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())}
+        await self.client.emit("client_message", {"message": message, "fileReferences": refs})
+
+    def click(self, action: dict) -> httpx.Response:
+        return httpx.post(self.app.url + "/project/action", cookies=self.cookies, timeout=60,
+                          json={"sessionId": self.session_id, "action": action})
+
+
+async def test_another_session_cannot_publish_a_chats_private_upload(local_app):
+    cookies = local_cookies(local_app)
+    shared = local_app.knowledge_dir / "uploads"
+    async with ChatSession(local_app, cookies) as owner, ChatSession(local_app, cookies) as other:
+        await other.wait_for("Answers come from your documents")
+        await owner.wait_for("Answers come from your documents")
+        await owner.send("", files=[("private-notes.md", b"# Private\n\nThe vault code is 4711.\n", "text/markdown")])
+        await owner.wait_for("private-notes.md** is ready for this conversation")
+        share = next(a for a in owner.actions if a["name"] == "share_document")
+        assert "path" not in share["payload"] and "/" not in share["payload"]["upload"]  # a server-side id only
+
+        # The other conversation clicks the owner's action (same payload), then a forged one with the file's path.
+        stored = next((local_app.data_dir / "uploads").rglob("*private-notes.md"))
+        assert other.click(share).status_code == 200
+        forged = {**share, "payload": {"name": "private-notes.md", "path": str(stored), "upload": f"../{stored.parent.name}/{stored.name}"}}
+        assert other.click(forged).status_code == 200
+        await other.wait_for("That upload is not available any more")
+        assert not shared.exists() or not any(shared.iterdir()), "another session published the upload"
+
+        # The owner's own click does publish it.
+        assert owner.click(share).status_code == 200
+        await owner.wait_for("is now shared knowledge")
+        assert [p.read_text() for p in shared.iterdir()] == ["# Private\n\nThe vault code is 4711.\n"]
