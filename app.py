@@ -123,14 +123,6 @@ else:
         return cl.User(identifier=settings.local_user, metadata={"provider": "local"})
 
 
-try:
-    web_security.install(fastapi_app, sio, settings, storage=file_storage, bind_host=chainlit_config.run.host,
-                         accounts=accounts, throttle=login_throttle)
-except web_security.StartupRefused as exc:
-    print(exc, file=sys.stderr)
-    raise
-
-
 def _install_get_routes() -> None:
     """Register our GET routes ahead of Chainlit's catch-all page route, which would shadow them."""
     first_new = len(fastapi_app.router.routes)
@@ -144,6 +136,13 @@ def _install_get_routes() -> None:
 
 _install_get_routes()
 fastapi_app.add_middleware(OfflinePage)
+# Last, so its checks run first (outermost), before any other middleware answers.
+try:
+    web_security.install(fastapi_app, sio, settings, storage=file_storage, bind_host=chainlit_config.run.host,
+                         accounts=accounts, throttle=login_throttle)
+except web_security.StartupRefused as exc:
+    print(exc, file=sys.stderr)
+    raise
 
 
 # ------------------------------------------------------------------------------------------------
