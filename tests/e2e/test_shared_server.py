@@ -17,7 +17,7 @@ import pytest
 
 from assistant.accounts import save_user
 from assistant.embedded import free_port
-from tests.e2e.conftest import AppServer, ask, make_app_root, wait_for_answer
+from tests.e2e.conftest import AppServer, ask, make_app_root, wait_for_answer, watch
 from tests.fake_openai_server import FakeOpenAIServer, Script
 
 pytestmark = pytest.mark.e2e
@@ -82,6 +82,7 @@ def shared_app(fake, postgres_url, tmp_path_factory):
 
 
 def log_in(page, server: AppServer, name: str) -> None:
+    watch(page)  # the e2e helpers follow the chat's socket events from the start
     page.goto(server.url)
     page.locator("#email").fill(name)
     page.locator("#password").fill(USERS[name])
