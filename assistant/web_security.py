@@ -9,8 +9,9 @@ Every HTTP request and socket handshake passes :class:`WebSecurityMiddleware`, o
   one that the browser marks as coming from another site or port (``Sec-Fetch-Site``) is refused,
   except a plain page navigation. The same list drives CORS (no wildcard, credentials only for the
   listed origins) and the socket.io handshake.
-* **Login**: with password login on, ``/demo/api/*`` answers only a logged-in user (the chat's own
-  cookie); ``/storage/*`` answers only the file's owner, in every mode. Header auth (the local
+* **Login**: with password login on, ``/demo/*`` (the API, and any route added there later; not the
+  page and its static files) answers only a logged-in user (the chat's own cookie); ``/storage/*``
+  answers only the file's owner, in every mode. Header auth (the local
   single-user mode) is only offered to loopback clients, and start-up refuses a non-loopback bind
   without password login.
 * **Throttling**: failed password logins per account and per address (see ``LoginThrottle``).
@@ -46,10 +47,17 @@ log = logging.getLogger("assistant.web_security")
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
-# Routes that must be used only by a logged-in user when password login is on (prefixes, so routes
-# added later under them are covered too).
-LOGIN_PREFIXES = ("/demo/api/", "/storage/")
-STORAGE_PREFIX = "/storage/"
+# With password login on, everything under /demo/ needs the chat's login (a prefix, so routes added
+# there later are covered too) except the page and its static files, which hold nothing private.
+# /storage/ always needs a login: its route checks the file's owner.
+LOGIN_PREFIX = "/demo/"
+
+
+def needs_login(path: str) -> bool:
+    if not path.startswith(LOGIN_PREFIX) or path == "/demo/":
+        return False
+    return not path.startswith("/demo/static/")
+
 
 # What users may upload: extension -> the MIME types browsers give such files. The browser's file
 # picker and Chainlit's upload endpoint both use ``upload_accept()``, built from this.
@@ -249,7 +257,7 @@ class WebSecurityMiddleware:
             if wait > 0:
                 return await _refuse(scope, receive, send, 429, "Too many failed logins; try again later.",
                                      {"Retry-After": str(math.ceil(wait))})
-        if self.policy.password_login and path.startswith(LOGIN_PREFIXES) and not path.startswith(STORAGE_PREFIX):
+        if self.policy.password_login and needs_login(path):
             if await self.current_user(headers) is None:
                 return await _refuse(scope, receive, send, 401, "Log in to the chat first.")
 

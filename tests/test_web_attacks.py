@@ -234,7 +234,7 @@ def test_stored_files_are_inert_attachments_and_need_a_login(shared_app):
 def test_side_routes_need_the_chat_login(shared_app, fake):
     fake.requests.clear()
     for method, path, body in [("GET", "/demo/api/info", None), ("POST", "/demo/api/stream", STREAM_BODY),
-                               ("GET", "/demo/api/anything-added-later", None)]:
+                               ("GET", "/demo/api/anything-added-later", None), ("GET", "/demo/model/model.gguf", None)]:
         response = httpx.request(method, shared_app.url + path, content=body, timeout=30,
                                  headers={"Content-Type": "application/json"})
         assert response.status_code == 401, (path, response.status_code)

@@ -212,3 +212,12 @@ async def test_refused_uploads_are_never_stored(tmp_path):
         await layer.create_element(SimpleNamespace(name=name, path=str(tmp_path / name)))
     await layer.create_element(SimpleNamespace(name="[1] source", path=None))  # the app's own text element
     assert stored == ["notes.md", "[1] source"]
+
+
+def test_password_login_covers_every_demo_route_but_the_page_and_its_files():
+    from assistant.web_security import needs_login
+
+    for path in ("/demo/api/info", "/demo/api/stream", "/demo/api/retrieve", "/demo/model/model.gguf", "/demo/x"):
+        assert needs_login(path), path
+    for path in ("/demo", "/demo/", "/demo/static/demo.js", "/", "/login", "/assets/index.js"):
+        assert not needs_login(path), path
