@@ -101,7 +101,7 @@ class Accounts:
     def from_settings(cls, settings) -> "Accounts | None":
         """None when password login is off (single-user local mode)."""
         users_file = getattr(settings, "users_file", None)
-        if users_file:
+        if users_file and str(users_file).strip() not in ("", "."):
             return cls(load_users(Path(users_file)))
         if settings.auth_password:
             return cls({settings.local_user: hash_password(settings.auth_password)})
