@@ -174,6 +174,9 @@ def test_stored_files_are_served_as_inert_attachments():
     assert '"; x' not in headers["Content-Disposition"]
     assert headers["X-Content-Type-Options"] == "nosniff"
     assert "default-src 'none'" in headers["Content-Security-Policy"] and "sandbox" in headers["Content-Security-Policy"]
+    # PDFs stay previewable in Chainlit's frame (the browser's viewer runs no script on this origin).
+    pdf = attachment_headers("report.pdf")
+    assert pdf["Content-Disposition"].startswith("inline;") and pdf["X-Content-Type-Options"] == "nosniff"
 
 
 async def test_a_stored_file_is_served_to_its_owner_only(tmp_path):
