@@ -4,16 +4,43 @@ from __future__ import annotations
 
 import chainlit as cl
 
-from assistant.events import SourcesFound, TurnFinished
+from assistant.events import SourcesFound
+from assistant.record import APP_MARK, TurnRecord
 from rag.types import ScoredChunk
-from routing.metrics import TurnMetrics
 
 ANSWER_FOOTER = "\n\n---\n"
 SNIPPET_CHARS = 160
 
 
+class ThinkingStep:
+    """A reasoning model's thinking, streamed token by token into a collapsible "Thinking" step above the
+    answer and renamed "Thought for N s" when the answer starts (the pattern of Chainlit's cookbook).
+    The step shows with ``[UI] cot = "full"`` (``tool_call`` would hide an llm step)."""
+
+    def __init__(self, step: cl.Step):
+        self.step = step
+
+    @classmethod
+    async def start(cls) -> "ThinkingStep":
+        step = cl.Step(name="Thinking", type="llm", default_open=True, auto_collapse=True, show_input=False)
+        await step.__aenter__()  # the async-with protocol, held open across the pipeline's events
+        return cls(step)
+
+    async def add(self, text: str) -> None:
+        await self.step.stream_token(text)
+
+    async def finish(self, seconds: float | None, *, answered: bool) -> None:
+        if seconds is None:
+            self.step.name = "Stopped while thinking"
+        else:
+            self.step.name = f"Thought for {seconds:.0f} s" if seconds >= 1 else "Thought for <1 s"
+            if not answered:
+                self.step.name += " (no answer: the token budget ran out)"
+        await self.step.__aexit__(None, None, None)
+
+
 def source_label(number: int, scored: ScoredChunk) -> str:
-    return f"[{number}] {scored.chunk.location}"
+    return f"[{number}] {scored.chunk.citation}"
 
 
 async def show_retrieval(event: SourcesFound, min_score: float) -> None:
@@ -26,36 +53,54 @@ async def show_retrieval(event: SourcesFound, min_score: float) -> None:
         for i, scored in enumerate(event.sources, start=1):
             excerpt = " ".join(scored.chunk.text.split())[:SNIPPET_CHARS].replace("|", "\\|")
             weak = "" if scored.score >= min_score else " (weak)"
-            rows.append(f"| {i} | {scored.score:.2f}{weak} | {scored.chunk.location} | {excerpt}… |")
+            rows.append(f"| {i} | {scored.score:.2f}{weak} | {scored.chunk.citation} | {excerpt}… |")
         rows.append(f"\n{len(event.sources)} sources in {event.retrieval_ms:.1f} ms.")
         step.output = "\n".join(rows)
 
 
-def source_elements(finished: TurnFinished) -> tuple[str, list[cl.Text]]:
-    """The 'Sources' footer line and one side-panel element per cited source (all used sources if none cited)."""
-    if not finished.sources_used:
+def source_elements(record: TurnRecord) -> tuple[str, list[cl.Text]]:
+    """The 'Sources' footer lines and one side-panel element per cited source (all given sources if none is cited).
+
+    Sources the model cited come first; then those the app attributed to uncited sentences (marked †);
+    numbers that point at no source are named apart and linked to nothing.
+    """
+    if not record.sources:
         return "", []
-    numbers = [n for n in finished.cited if 1 <= n <= len(finished.sources_used)]
-    if not numbers:
-        numbers = list(range(1, len(finished.sources_used) + 1))
-    elements, labels = [], []
-    for number in numbers:
-        scored = finished.sources_used[number - 1]
+    cited = record.cited_sources()
+    shown = cited or [(n, s, "given") for n, s in enumerate(record.sources, start=1)]
+    elements, labels = [], {"model": [], "app": [], "given": []}
+    for number, scored, by in shown:
         label = source_label(number, scored)
-        labels.append(label)
-        heading = f"**{scored.chunk.title}** — {scored.chunk.location} (chunk {scored.chunk.position + 1}, score {scored.score:.2f})"
+        labels[by].append(label + (APP_MARK if by == "app" else ""))
+        heading = f"**{scored.chunk.title}** — {scored.chunk.citation} (chunk {scored.chunk.position + 1}, score {scored.score:.2f})"
         elements.append(cl.Text(name=label, content=f"{heading}\n\n{scored.chunk.text}", display="side"))
-    title = "Cited sources" if finished.cited else "Sources given to the model (none cited)"
-    return f"{title}: " + ", ".join(labels), elements
+    lines = []
+    if labels["model"]:
+        lines.append("Cited sources: " + ", ".join(labels["model"]))
+    if labels["app"]:
+        lines.append(f"Attributed by the app ({APP_MARK}: the model did not cite it; the sentence's words are in it): "
+                     + ", ".join(labels["app"]))
+    if labels["given"]:
+        lines.append("Sources given to the model (none cited): " + ", ".join(labels["given"]))
+    if record.dangling:
+        lines.append("Citations that point at no source: " + ", ".join(f"[{n}]" for n in record.dangling))
+    return "\n\n".join(lines), elements
 
 
-def metrics_props(metrics: TurnMetrics, session_cost_usd: float) -> dict:
-    props = metrics.to_dict()
-    final_leg = metrics.legs[-1] if metrics.legs else None
-    props["decode_tokens_per_s"] = final_leg.decode_tokens_per_s if final_leg else None
+def routing_line(record: TurnRecord) -> str:
+    """What the router did, when there is more to say than "the small model answered"."""
+    decision = record.routing
+    if decision.action == "answered" and decision.mode != "draft_refine":
+        return ""
+    return f"*Routing: {decision.describe()}*"
+
+
+def metrics_props(record: TurnRecord, session_cost_usd: float) -> dict:
+    props = record.metrics.to_dict()
+    props.update(record.summary.to_dict())  # the answering leg's rate, not the last leg's
     props["session_cost_usd"] = session_cost_usd
     return props
 
 
-def metrics_element(metrics: TurnMetrics, session_cost_usd: float) -> cl.CustomElement:
-    return cl.CustomElement(name="MetricsBar", props=metrics_props(metrics, session_cost_usd), display="inline")
+def metrics_element(record: TurnRecord, session_cost_usd: float) -> cl.CustomElement:
+    return cl.CustomElement(name="MetricsBar", props=metrics_props(record, session_cost_usd), display="inline")
