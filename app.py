@@ -13,8 +13,8 @@ from pathlib import Path
 import chainlit as cl
 from chainlit.data import get_data_layer
 from chainlit.input_widget import Select, Slider
-from chainlit.server import app as fastapi_app
-from fastapi.responses import FileResponse, Response as HTTPResponse
+from chainlit.config import config as chainlit_config
+from chainlit.server import app as fastapi_app, sio
 
 from assistant.conversations import HISTORY_KEY, METRICS_KEY, ConversationStore, history_from_steps, metrics_from_steps
 from assistant.demo import install_demo_routes
@@ -25,6 +25,8 @@ from assistant.record import TurnRecord
 from assistant.settings import RoutingMode, SettingsError, load_settings
 from assistant.storage import LocalFileStorage, ensure_schema, thread_data_layer
 from assistant.uploads import UploadError, save_upload, share_document
+from assistant import web_security
+from assistant.accounts import Accounts, AccountsError, LoginThrottle
 from rag.documents import DocumentSet
 from rag.citations import strip_citations
 from rag.loaders import LoadError
@@ -99,7 +101,10 @@ async def shutdown() -> None:
 
 @cl.data_layer
 def data_layer():
-    return thread_data_layer(settings.sqlalchemy_url, file_storage, forget_thread)
+    layer = thread_data_layer(settings.sqlalchemy_url, file_storage, forget_thread)
+    # Uploads of a refused type or size are never stored.
+    layer.__class__ = web_security.guarded_data_layer(type(layer), int(settings.upload_max_mb * 1024 * 1024))
+    return layer
 
 
 async def forget_thread(thread_id: str) -> None:
@@ -111,11 +116,18 @@ async def forget_thread(thread_id: str) -> None:
         await asyncio.to_thread(shutil.rmtree, uploads, True)
 
 
-if settings.auth_password:
+try:
+    accounts = Accounts.from_settings(settings)
+except AccountsError as exc:
+    print(exc, file=sys.stderr)
+    raise SettingsError(str(exc)) from None
+login_throttle = LoginThrottle()
+
+if accounts is not None:
 
     @cl.password_auth_callback
-    def password_login(username: str, password: str):
-        if username == settings.local_user and secrets.compare_digest(password, settings.auth_password):
+    async def password_login(username: str, password: str):
+        if await web_security.check_login(accounts, login_throttle, username, password):
             return cl.User(identifier=username, metadata={"provider": "password"})
         return None
 
@@ -123,23 +135,14 @@ else:
 
     @cl.header_auth_callback
     def local_user(headers):
-        # Single-user local mode: everyone reaching this loopback server is the one local user.
+        # Single-user local mode: everyone reaching this loopback server is the one local user
+        # (web_security offers it to loopback clients only, and refuses a non-loopback bind without passwords).
         return cl.User(identifier=settings.local_user, metadata={"provider": "local"})
 
 
 def _install_get_routes() -> None:
     """Register our GET routes ahead of Chainlit's catch-all page route, which would shadow them."""
     first_new = len(fastapi_app.router.routes)
-
-    @fastapi_app.get("/storage/{object_key:path}")
-    async def stored_file(object_key: str):
-        try:
-            path = file_storage.path_for(object_key)
-        except ValueError:
-            return HTTPResponse(status_code=404)
-        if not path.is_file():
-            return HTTPResponse(status_code=404)
-        return FileResponse(path)
 
     install_demo_routes(fastapi_app, lambda: pipeline, settings, move_to_front=False)
 
@@ -150,6 +153,13 @@ def _install_get_routes() -> None:
 
 _install_get_routes()
 fastapi_app.add_middleware(OfflinePage)
+# Last, so its checks run first (outermost), before any other middleware answers.
+try:
+    web_security.install(fastapi_app, sio, settings, storage=file_storage, bind_host=chainlit_config.run.host,
+                         accounts=accounts, throttle=login_throttle)
+except web_security.StartupRefused as exc:
+    print(exc, file=sys.stderr)
+    raise
 
 
 # ------------------------------------------------------------------------------------------------
@@ -618,7 +628,7 @@ async def handle_uploads(elements: list) -> None:
             continue
         pages = f"{added.pages} pages, " if added.pages else ""
         actions = [
-            cl.Action(name="share_document", payload={"name": added.name, "path": str(stored)},
+            cl.Action(name="share_document", payload={"name": added.name, "upload": stored.name},
                       label="Add to shared knowledge", icon="share"),
             cl.Action(name="remove_document", payload={"name": added.name}, label="Remove", icon="trash"),
         ]
@@ -661,10 +671,13 @@ async def on_remove_document(action: cl.Action) -> None:
 
 @cl.action_callback("share_document")
 async def on_share_document(action: cl.Action) -> None:
-    name = action.payload.get("name", "")
-    source = Path(action.payload.get("path", ""))
-    uploads_root = (settings.data_dir / "uploads").resolve()
-    if uploads_root not in source.resolve().parents:
+    name = str(action.payload.get("name", ""))
+    # The client names an upload by its stored name only; it is looked up in this conversation's own folder,
+    # so no session can publish another conversation's upload.
+    upload_id = str(action.payload.get("upload", ""))
+    folder = (settings.data_dir / "uploads" / thread_id()).resolve()
+    source = (folder / upload_id).resolve()
+    if not upload_id or source.parent != folder or not source.is_file():
         await cl.Message(content="That upload is not available any more.", author="assistant").send()
         return
     try:

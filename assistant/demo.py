@@ -41,6 +41,8 @@ STATIC_FILES = {"demo.css": "text/css; charset=utf-8", "demo.js": "text/javascri
 ROLE_MODES = {"small": RoutingMode.SMALL_ONLY, "large": RoutingMode.LARGE_ONLY}
 MAX_PROMPT_CHARS = 20_000
 MAX_REFERENCE_CHARS = 200_000
+# A request within the text limits is well under this even with every character escaped.
+MAX_BODY_BYTES = 2 * 1024 * 1024
 
 # The page loads only its own files and talks only to this server.
 PAGE_HEADERS = {
@@ -56,6 +58,32 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 class DemoRequestError(ValueError):
     """A request the page should not have sent; the message is shown on the page."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+async def read_json_body(request: Request, limit: int) -> Any:
+    """The request's JSON body, read up to ``limit`` bytes (a longer body is refused, not read whole)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise DemoRequestError("The request body must be JSON (Content-Type: application/json).", 415)
+    declared = request.headers.get("content-length", "")
+    too_large = DemoRequestError(f"The request body is over the {limit // 1024} KB limit.", 413)
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise too_large
+    try:
+        return json.loads(bytes(raw))
+    except RecursionError:
+        raise DemoRequestError("The request body is nested too deeply.") from None
+    except ValueError:  # malformed JSON, bad UTF-8, or a number too long to convert
+        raise DemoRequestError("The request body must be JSON.") from None
 
 
 def install_demo_routes(
@@ -91,13 +119,10 @@ def install_demo_routes(
 
     async def stream(request: Request) -> Response:
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return JSONResponse({"error": "The request body must be JSON."}, status_code=400)
-        try:
+            body = await read_json_body(request, MAX_BODY_BYTES)
             demo_request = parse_demo_request(body, settings)
         except DemoRequestError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
         pipeline = get_pipeline()
         events = pipeline.run(
             demo_request["prompt"],
@@ -130,7 +155,7 @@ def parse_demo_request(body: Any, settings) -> dict:
     if len(prompt) > MAX_PROMPT_CHARS:
         raise DemoRequestError(f"The prompt is too long ({len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}).")
     role = body.get("role", "small")
-    if role not in ROLE_MODES:
+    if not isinstance(role, str) or role not in ROLE_MODES:
         raise DemoRequestError("The model must be 'small' or 'large'.")
     reference_text = body.get("reference_text") or ""
     if not isinstance(reference_text, str):
@@ -162,7 +187,7 @@ def _number(value: Any, label: str) -> float:
         raise DemoRequestError(f"{label} must be a number.")
     try:
         return float(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise DemoRequestError(f"{label} must be a number.") from None
 
 

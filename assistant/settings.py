@@ -133,6 +133,16 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=PROJECT_ROOT / ".data", description="Chat database, stored files, uploads.")
     auth_password: str = Field(default="", description="When set, users log in with a password instead of header auth.")
     local_user: str = Field(default="local", description="User name for single-user (header) auth.")
+    users_file: Path | None = Field(
+        default=None, description="Password accounts for a shared server (python -m assistant.accounts add NAME)."
+    )
+    session_hours: float = Field(default=12.0, gt=0, le=24 * 90, description="How long a login lasts.")
+    allowed_hosts: str = Field(
+        default="", description="Host names the app answers to besides loopback and its bind address (comma-separated)."
+    )
+    allowed_origins: str = Field(
+        default="", description="Web origins besides the app's own that may use it, e.g. https://intranet.example.com."
+    )
 
     @field_validator("model_endpoint")
     @classmethod

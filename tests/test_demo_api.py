@@ -162,8 +162,11 @@ def test_bad_requests_are_400_with_a_message_and_reach_no_model(fake, base_url, 
     assert fake.requests == []
 
 
-def test_body_that_is_not_json_is_400(base_url):
+def test_body_that_is_not_json_is_refused_with_a_message(base_url):
     response = httpx.post(base_url + "/demo/api/stream", content=b"prompt=hi", timeout=5)
+    assert response.status_code == 415 and "JSON" in response.json()["error"]  # no JSON content type
+    response = httpx.post(base_url + "/demo/api/stream", content=b"prompt=hi", timeout=5,
+                          headers={"Content-Type": "application/json"})
     assert response.status_code == 400 and "JSON" in response.json()["error"]
 
 
