@@ -29,7 +29,7 @@ from typing import AsyncIterator, Protocol, Sequence
 from assistant.events import AnswerStarted, Escalated, Notice, PromptBuilt, SourcesFound, Token, TurnFinished
 from assistant.settings import RoutingMode
 from rag.index import asearch_many, fuse_rankings
-from rag.prompt import build_grounded_messages, cited_numbers, reference_text_sources
+from rag.prompt import GroundedPrompt, build_grounded_messages, cited_numbers, reference_text_sources
 from rag.tokens import count_tokens
 from rag.types import ScoredChunk
 from routing.client import ModelClient, ModelServerError, Response
@@ -47,6 +47,27 @@ class Retriever(Protocol):
     """What :func:`rag.index.asearch_many` searches: a KnowledgeBase, an upload's ChunkIndex."""
 
     def search(self, query: str, k: int) -> list[ScoredChunk]: ...
+
+
+@dataclass
+class PreparedPrompt:
+    """The first two stages of a turn (see :meth:`Pipeline.prepare`): what a model would be sent."""
+
+    sources: SourcesFound
+    prompt: PromptBuilt
+    messages: list[dict]  # OpenAI chat messages: system, history..., user
+    notices: list[Notice] = field(default_factory=list)
+
+
+@dataclass
+class _FoundSources:
+    event: SourcesFound
+    prompt_sources: list[ScoredChunk]  # the reference chunks, then the retrieved sources that support the question
+    notices: list[Notice]
+
+    @property
+    def count(self) -> int:
+        return len(self.prompt_sources)
 
 
 @dataclass
@@ -105,57 +126,19 @@ class Pipeline:
         aliases = self.aliases()
 
         # 1. sources
-        t0 = time.perf_counter()
-        should_retrieve = retrieve if retrieve is not None else not reference_text
-        retrieved: list[ScoredChunk] = []
-        # The conversation's documents first: rag's fusion gives ties to the retriever listed first.
-        if documents is None:
-            documents = []
-        elif hasattr(documents, "search"):  # one retriever (a DocumentSet) rather than a list of them
-            documents = [documents]
-        notices: list[Notice] = []
-        upload_hits: list[ScoredChunk] = []
-        knowledge_hits: list[ScoredChunk] = []
-        if should_retrieve:
-            try:
-                if documents:
-                    upload_hits = await asearch_many(documents, question, self.settings.top_k)
-                if self.knowledge is not None:
-                    knowledge_hits = await asearch_many([self.knowledge], question, self.settings.top_k)
-            except Exception as exc:  # a broken index must not lose the turn: answer without sources
-                notices.append(Notice("warning", f"The document search failed ({exc}); answering without sources."))
-        retrieved = fuse_rankings([upload_hits, knowledge_hits], self.settings.top_k)
-        reference = reference_text_sources(reference_text, self.settings.chunk_tokens) if reference_text else []
-        turn.metrics.retrieval_ms = (time.perf_counter() - t0) * 1000
-        # The score floor is calibrated on the shared knowledge base. A conversation's uploads form a tiny
-        # collection whose BM25 scores run far lower (idf from a handful of chunks), and the user chose them
-        # for this conversation: any match of the question's terms counts as support there.
-        supporting = {id(s) for s in upload_hits if s.score > 0}
-        supporting |= {id(s) for s in knowledge_hits if s.score >= options.min_source_score}
-        supported_retrieved = [s for s in retrieved if id(s) in supporting]
-        turn.supported = bool(reference) or bool(supported_retrieved)
-        turn.sources_found = len(reference) + len(supported_retrieved)
-        yield SourcesFound(
-            query=question,
-            sources=reference + retrieved,
-            retrieval_ms=turn.metrics.retrieval_ms,
-            supported=turn.supported,
-        )
+        found = await self._find_sources(question, options, documents, reference_text, retrieve)
+        notices: list[Notice] = list(found.notices)
+        turn.metrics.retrieval_ms = found.event.retrieval_ms
+        turn.supported = found.event.supported
+        turn.sources_found = found.count
+        prompt_sources = found.prompt_sources
+        yield found.event
 
         # 2. prompt: only sources that support the question; none -> the prompt says "say so".
-        t0 = time.perf_counter()
-        prompt_sources = reference + supported_retrieved
-        grounded = build_grounded_messages(
-            question,
-            prompt_sources,
-            history=list(history),
-            context_window=self.settings.context_window,
-            max_answer_tokens=options.max_tokens,
-            history_budget=self.settings.history_token_budget,
-        )
-        turn.metrics.prompt_ms = (time.perf_counter() - t0) * 1000
+        grounded, prompt_event = self._build_prompt(question, prompt_sources, history, options)
+        turn.metrics.prompt_ms = prompt_event.prompt_ms
         sources_used = grounded.sources_used
-        yield PromptBuilt(sources_used=sources_used, prompt_tokens=grounded.prompt_tokens, prompt_ms=turn.metrics.prompt_ms)
+        yield prompt_event
 
         # 3. answer
         mode = RoutingMode(options.mode)
@@ -248,6 +231,79 @@ class Pipeline:
             supported=turn.supported,
             sources_found=turn.sources_found,
         )
+
+    # ------------------------------------------------------------------------------ stages
+    async def prepare(
+        self,
+        question: str,
+        *,
+        history: Sequence[dict] = (),
+        options: RoutingOptions | None = None,
+        documents: Retriever | Sequence[Retriever] | None = None,
+        reference_text: str | None = None,
+        retrieve: bool | None = None,
+    ) -> PreparedPrompt:
+        """Steps 1 and 2 of :meth:`run` only: the sources and the grounded prompt, no model call.
+
+        For a front end that generates elsewhere (the demo page's in-browser engine).
+        """
+        options = options or RoutingOptions.from_settings(self.settings)
+        found = await self._find_sources(question, options, documents, reference_text, retrieve)
+        grounded, prompt_event = self._build_prompt(question, found.prompt_sources, history, options)
+        return PreparedPrompt(
+            sources=found.event, prompt=prompt_event, messages=grounded.messages, notices=list(found.notices)
+        )
+
+    async def _find_sources(self, question, options, documents, reference_text, retrieve) -> _FoundSources:
+        """Retrieve (timed) and/or chunk the pasted reference text; keep the sources that support the question."""
+        t0 = time.perf_counter()
+        should_retrieve = retrieve if retrieve is not None else not reference_text
+        # The conversation's documents first: rag's fusion gives ties to the retriever listed first.
+        if documents is None:
+            documents = []
+        elif hasattr(documents, "search"):  # one retriever (a DocumentSet) rather than a list of them
+            documents = [documents]
+        notices: list[Notice] = []
+        upload_hits: list[ScoredChunk] = []
+        knowledge_hits: list[ScoredChunk] = []
+        if should_retrieve:
+            try:
+                if documents:
+                    upload_hits = await asearch_many(documents, question, self.settings.top_k)
+                if self.knowledge is not None:
+                    knowledge_hits = await asearch_many([self.knowledge], question, self.settings.top_k)
+            except Exception as exc:  # a broken index must not lose the turn: answer without sources
+                notices.append(Notice("warning", f"The document search failed ({exc}); answering without sources."))
+        retrieved = fuse_rankings([upload_hits, knowledge_hits], self.settings.top_k)
+        reference = reference_text_sources(reference_text, self.settings.chunk_tokens) if reference_text else []
+        retrieval_ms = (time.perf_counter() - t0) * 1000
+        # The score floor is calibrated on the shared knowledge base. A conversation's uploads form a tiny
+        # collection whose BM25 scores run far lower (idf from a handful of chunks), and the user chose them
+        # for this conversation: any match of the question's terms counts as support there.
+        supporting = {id(s) for s in upload_hits if s.score > 0}
+        supporting |= {id(s) for s in knowledge_hits if s.score >= options.min_source_score}
+        supported_retrieved = [s for s in retrieved if id(s) in supporting]
+        event = SourcesFound(
+            query=question,
+            sources=reference + retrieved,
+            retrieval_ms=retrieval_ms,
+            supported=bool(reference) or bool(supported_retrieved),
+        )
+        return _FoundSources(event, reference + supported_retrieved, notices)
+
+    def _build_prompt(self, question, prompt_sources, history, options) -> tuple[GroundedPrompt, PromptBuilt]:
+        t0 = time.perf_counter()
+        grounded = build_grounded_messages(
+            question,
+            prompt_sources,
+            history=list(history),
+            context_window=self.settings.context_window,
+            max_answer_tokens=options.max_tokens,
+            history_budget=self.settings.history_token_budget,
+        )
+        prompt_ms = (time.perf_counter() - t0) * 1000
+        event = PromptBuilt(sources_used=grounded.sources_used, prompt_tokens=grounded.prompt_tokens, prompt_ms=prompt_ms)
+        return grounded, event
 
     # ------------------------------------------------------------------------------- helpers
     async def _same_model_for_both(self, aliases: dict[str, str]) -> str | None:
