@@ -4,7 +4,7 @@ The page (``demo/`` at the repository root: plain HTML, CSS and JavaScript, noth
 talks only to the app's own server:
 
 * ``GET  /demo``               the page
-* ``GET  /demo/static/{name}`` ``demo.css`` and ``demo.js`` (nothing else is served)
+* ``GET  /demo/static/{name}`` ``demo.css``, ``demo.js`` and ``engine.js`` (nothing else is served)
 * ``GET  /demo/api/info``      the two roles, their served model names, the model server's host, and
   whether the in-browser engine can run (``browser_engine``, see :mod:`assistant.browser_engine`)
 * ``POST /demo/api/prompt``    the same JSON as the stream; answers the sources and the grounded prompt
@@ -42,7 +42,11 @@ from routing.client import ModelClient, ModelServerError
 from routing.policy import RoutingOptions
 
 DEMO_DIR = PROJECT_ROOT / "demo"
-STATIC_FILES = {"demo.css": "text/css; charset=utf-8", "demo.js": "text/javascript; charset=utf-8"}
+STATIC_FILES = {
+    "demo.css": "text/css; charset=utf-8",
+    "demo.js": "text/javascript; charset=utf-8",
+    "engine.js": "text/javascript; charset=utf-8",  # the in-browser engine, imported by demo.js when used
+}
 ROLE_MODES = {"small": RoutingMode.SMALL_ONLY, "large": RoutingMode.LARGE_ONLY}
 MAX_PROMPT_CHARS = 20_000
 MAX_REFERENCE_CHARS = 200_000

@@ -1,0 +1,161 @@
+// The demo page's in-browser engine: the app's GGUF model run by llama.cpp compiled to WebAssembly
+// (npm @wllama/wllama, served by this app from its node_modules). demo.js imports this module only when
+// the engine is used. Nothing here talks to any server but the app's own.
+
+let runtimePromise = null;
+
+function importRuntime(moduleUrl) {
+  runtimePromise ??= import(moduleUrl);
+  return runtimePromise;
+}
+
+function absolute(url) {
+  return new URL(url, window.location.href).href;
+}
+
+function withTimeout(promise, ms) {
+  return Promise.race([promise, new Promise((resolve) => setTimeout(() => resolve(null), ms))]);
+}
+
+// Where the model will run: WebGPU when the browser gives an adapter, else WebAssembly on the CPU with
+// threads when the page is cross-origin isolated (shared memory), one thread otherwise.
+// `?threads=N` in the page's URL overrides the thread count (the benchmark compares them).
+export async function chooseBackend() {
+  const isolated = window.crossOriginIsolated === true;
+  const cores = navigator.hardwareConcurrency || 1;
+  const requested = Number(new URLSearchParams(window.location.search).get("threads"));
+  let threads = 1;
+  if (isolated) threads = Number.isInteger(requested) && requested > 0 ? requested : Math.max(2, Math.min(4, Math.floor(cores / 2)));
+  let adapter = null;
+  if (navigator.gpu && new URLSearchParams(window.location.search).get("gpu") !== "0") {
+    try {
+      adapter = await withTimeout(navigator.gpu.requestAdapter(), 2000);
+    } catch (err) {
+      adapter = null;
+    }
+  }
+  return { webgpu: !!adapter, isolated, threads, cores };
+}
+
+export function describeBackend(backend) {
+  const cpu = backend.threads > 1
+    ? `WebAssembly, ${backend.threads} threads (the page is cross-origin isolated)`
+    : backend.isolated
+      ? "WebAssembly, 1 thread"
+      : "WebAssembly, 1 thread (the page is not cross-origin isolated, so no threads)";
+  return backend.webgpu ? `WebGPU, with ${cpu}` : cpu;
+}
+
+// Load the runtime and the model. onProgress({phase, loaded, total, cached}); phase is "download" (bytes
+// from the app) then "start" (the runtime reads the model); cached: the model came from the browser's cache.
+export async function loadEngine(info, onProgress) {
+  const runtime = await importRuntime(info.runtime.module_url);
+  const backend = await chooseBackend();
+  const wllama = new runtime.Wllama(
+    { default: absolute(info.runtime.wasm_url) },
+    { logger: runtime.LoggerWithoutDebug, suppressNativeLog: true, allowOffline: true }
+  );
+  // The runtime's default "compat" build for browsers without JSPI/Memory64 comes from a CDN: use the copy
+  // this app serves, or none (then such browsers run without WebGPU).
+  wllama.setCompat(
+    info.runtime.compat_worker_url
+      ? { worker: absolute(info.runtime.compat_worker_url), wasm: absolute(info.runtime.compat_wasm_url) }
+      : null
+  );
+  const modelUrl = absolute(info.model.url);
+  const t0 = performance.now();
+  const cached = (await wllama.modelManager.getModels()).some((model) => model.url === modelUrl);
+  // The runtime checks for Stop between two steps; a small batch keeps each step of reading the prompt short.
+  await wllama.loadModelFromUrl(modelUrl, {
+    n_ctx: info.context_window,
+    n_batch: 64,
+    n_ubatch: 64,
+    n_threads: backend.threads,
+    n_gpu_layers: backend.webgpu ? undefined : 0,
+    n_parallel: 1,
+    progressCallback: ({ loaded, total }) => {
+      onProgress({ phase: loaded >= total ? "start" : "download", loaded, total, cached });
+    },
+  });
+  const loadMs = performance.now() - t0;
+  backend.threads = wllama.getNumThreads();
+  backend.multithread = wllama.isMultithread();
+  return new BrowserEngine(wllama, runtime, backend, { loadMs, cached, modelName: info.model.name });
+}
+
+export class BrowserEngine {
+  constructor(wllama, runtime, backend, load) {
+    this.wllama = wllama;
+    this.runtime = runtime;
+    this.backend = backend;
+    this.load = load;
+    this.busy = null; // the running generation's promise, settled once the runtime has let go of it
+  }
+
+  get description() {
+    return describeBackend(this.backend);
+  }
+
+  // Stream one answer for `messages` (the server's grounded prompt) through the model's chat template.
+  // onToken(text) for every piece, onPromptProgress({processed, total}) while the prompt is read.
+  // Resolves to {stopped, completionTokens, promptTokens, tokensPerS, finishReason}; `signal` stops it.
+  generate(messages, { temperature, maxTokens, signal, onToken, onPromptProgress }) {
+    const run = this.run(messages, { temperature, maxTokens, signal, onToken, onPromptProgress });
+    this.busy = run.catch(() => {}).finally(() => {
+      this.busy = null;
+    });
+    return run;
+  }
+
+  async run(messages, { temperature, maxTokens, signal, onToken, onPromptProgress }) {
+    let pieces = 0;
+    let timings = null;
+    let usage = null;
+    let finishReason = null;
+    let firstAt = null;
+    let lastAt = null;
+    try {
+      const stream = await this.wllama.createChatCompletion({
+        messages,
+        stream: true,
+        temperature,
+        max_tokens: maxTokens,
+        abortSignal: signal,
+        return_progress: true,
+        cache_prompt: true,
+      });
+      // After an abort the runtime throws AbortError at its next step and cancels the request; leaving the
+      // loop early instead would leave that rejection unhandled, so pieces that arrive meanwhile are dropped.
+      for await (const chunk of stream) {
+        if (signal.aborted) continue;
+        if (chunk.prompt_progress && onPromptProgress) onPromptProgress(chunk.prompt_progress);
+        if (chunk.timings) timings = chunk.timings;
+        if (chunk.usage) usage = chunk.usage;
+        const choice = chunk.choices && chunk.choices[0];
+        if (!choice) continue;
+        if (choice.finish_reason) finishReason = choice.finish_reason;
+        const text = choice.delta && choice.delta.content;
+        if (text) {
+          pieces += 1;
+          lastAt = performance.now();
+          firstAt ??= lastAt;
+          onToken(text);
+        }
+      }
+    } catch (err) {
+      if (!(signal.aborted || (err && err.name === "AbortError"))) throw err;
+    }
+    const stopped = signal.aborted;
+    const completionTokens = (usage && usage.completion_tokens) || (timings && timings.predicted_n) || pieces;
+    let tokensPerS = timings && timings.predicted_per_second ? timings.predicted_per_second : null;
+    if (tokensPerS === null && pieces > 1 && lastAt > firstAt) tokensPerS = ((pieces - 1) * 1000) / (lastAt - firstAt);
+    return {
+      stopped,
+      completionTokens,
+      estimated: !(usage || timings),
+      promptTokens: (usage && usage.prompt_tokens) || (timings && timings.prompt_n) || null,
+      tokensPerS,
+      finishReason,
+    };
+  }
+}
