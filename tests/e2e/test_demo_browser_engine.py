@@ -65,7 +65,7 @@ def test_model_loads_in_the_page_answers_with_metrics_stops_and_comes_back_from_
         expect(page.locator("#inference-note .note-browser")).to_be_visible()
         expect(page.locator("#engine-progress")).to_be_visible(timeout=10_000)
         note = wait_for_engine(page)
-        assert "first visit: downloaded 98 MB" in note
+        assert "first visit: downloaded 98.4 MB" in note
         # the page is cross-origin isolated (COOP/COEP), so the runtime gets threads; chromium here has no GPU
         assert "WebAssembly, 2 threads (the page is cross-origin isolated)" in note, note
         assert "ready" in page.inner_text("#engine-status")
