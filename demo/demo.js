@@ -236,6 +236,7 @@
       .then((module) => module.loadEngine(info, showLoadProgress))
       .then((engine) => {
         browserEngine.engine = engine;
+        Object.assign(els.enginePanel.dataset, { loadMs: engine.load.loadMs, cached: engine.load.cached, threads: engine.backend.threads });
         const where = engine.load.cached ? "from this browser's cache" : `first visit: downloaded ${fmtBytes(info.model.bytes)}`;
         setEngineState("ready", engine.backend.webgpu ? "ready · WebGPU" : `ready · WebAssembly, ${engine.backend.threads} thread${engine.backend.threads > 1 ? "s" : ""}`,
           `Ready: ${engine.load.modelName} runs here on ${engine.description}. Loaded in ${fmtMs(engine.load.loadMs)} (${where}).`);
@@ -516,6 +517,7 @@
       notice.textContent = `Stopped after ${tokens} and ${fmtMs(total)}. The in-browser engine stopped generating ` +
         `${fmtMs(performance.now() - since)} after Stop.`;
       notice.dataset.released = "yes";
+      notice.dataset.releaseMs = String(performance.now() - since);
     };
     if (engine && engine.busy) engine.busy.then(done);
     else done();
@@ -639,8 +641,13 @@
   }
 
   function renderTable() {
-    const rows = runs.slice(-2 * HISTORY).reverse().map((run) => {
+    const rows = runs.slice(-ROLES.length * HISTORY).reverse().map((run) => {
       const tr = document.createElement("tr");
+      // the unrounded figures, for scripts (benchmarks/browser_engine.py)
+      Object.assign(tr.dataset, {
+        engine: run.role, result: run.result, question: run.question,
+        ttftMs: run.ttft ?? "", totalMs: run.total ?? "", tokens: run.tokens, rate: run.rate ?? "",
+      });
       const cells = [
         `#${run.n}`,
         `${run.question} ${run.prompt}`,

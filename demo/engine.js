@@ -43,7 +43,8 @@ export function describeBackend(backend) {
     : backend.isolated
       ? "WebAssembly, 1 thread"
       : "WebAssembly, 1 thread (the page is not cross-origin isolated, so no threads)";
-  return backend.webgpu ? `WebGPU, with ${cpu}` : cpu;
+  if (backend.webgpu) return `WebGPU, with ${cpu}`;
+  return backend.webgpuError ? `${cpu}; WebGPU failed: ${backend.webgpuError}` : cpu;
 }
 
 // Load the runtime and the model. onProgress({phase, loaded, total, cached}); phase is "download" (bytes
@@ -51,6 +52,40 @@ export function describeBackend(backend) {
 export async function loadEngine(info, onProgress) {
   const runtime = await importRuntime(info.runtime.module_url);
   const backend = await chooseBackend();
+  const modelUrl = absolute(info.model.url);
+  const t0 = performance.now();
+  let wllama = newWllama(runtime, info);
+  const cached = (await wllama.modelManager.getModels()).some((model) => model.url === modelUrl);
+  const load = (instance) => instance.loadModelFromUrl(modelUrl, {
+    n_ctx: info.context_window,
+    // The runtime checks for Stop between two steps; a small batch keeps each step of reading the prompt short.
+    n_batch: 64,
+    n_ubatch: 64,
+    n_threads: backend.threads,
+    n_gpu_layers: backend.webgpu ? undefined : 0,
+    n_parallel: 1,
+    progressCallback: ({ loaded, total }) => {
+      onProgress({ phase: loaded >= total ? "start" : "download", loaded, total, cached });
+    },
+  });
+  try {
+    await load(wllama);
+  } catch (err) {
+    if (!backend.webgpu) throw err;
+    // A GPU the runtime cannot use: run on the CPU instead, and say so.
+    await wllama.exit().catch(() => {});
+    backend.webgpu = false;
+    backend.webgpuError = String(err.message || err);
+    wllama = newWllama(runtime, info);
+    await load(wllama);
+  }
+  const loadMs = performance.now() - t0;
+  backend.threads = wllama.getNumThreads();
+  backend.multithread = wllama.isMultithread();
+  return new BrowserEngine(wllama, runtime, backend, { loadMs, cached, modelName: info.model.name });
+}
+
+function newWllama(runtime, info) {
   const wllama = new runtime.Wllama(
     { default: absolute(info.runtime.wasm_url) },
     { logger: runtime.LoggerWithoutDebug, suppressNativeLog: true, allowOffline: true }
@@ -62,25 +97,7 @@ export async function loadEngine(info, onProgress) {
       ? { worker: absolute(info.runtime.compat_worker_url), wasm: absolute(info.runtime.compat_wasm_url) }
       : null
   );
-  const modelUrl = absolute(info.model.url);
-  const t0 = performance.now();
-  const cached = (await wllama.modelManager.getModels()).some((model) => model.url === modelUrl);
-  // The runtime checks for Stop between two steps; a small batch keeps each step of reading the prompt short.
-  await wllama.loadModelFromUrl(modelUrl, {
-    n_ctx: info.context_window,
-    n_batch: 64,
-    n_ubatch: 64,
-    n_threads: backend.threads,
-    n_gpu_layers: backend.webgpu ? undefined : 0,
-    n_parallel: 1,
-    progressCallback: ({ loaded, total }) => {
-      onProgress({ phase: loaded >= total ? "start" : "download", loaded, total, cached });
-    },
-  });
-  const loadMs = performance.now() - t0;
-  backend.threads = wllama.getNumThreads();
-  backend.multithread = wllama.isMultithread();
-  return new BrowserEngine(wllama, runtime, backend, { loadMs, cached, modelName: info.model.name });
+  return wllama;
 }
 
 export class BrowserEngine {
