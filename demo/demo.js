@@ -405,8 +405,12 @@
         els.metric.total.textContent = fmtMs(run.total);
         const tokens = `${run.tokens} token${run.tokens === 1 ? "" : "s"}`;
         if (role === "browser") {
-          const notice = addNotice("warning", `Stopped after ${tokens} and ${fmtMs(run.total)}. The in-browser engine is stopping…`);
-          whenEngineIdle(notice, tokens, run.total);
+          if (run.generating) {
+            const notice = addNotice("warning", `Stopped after ${tokens} and ${fmtMs(run.total)}. The in-browser engine is stopping…`);
+            whenEngineIdle(notice, tokens, run.total);
+          } else {
+            addNotice("warning", "Stopped before the in-browser engine started on this answer.");
+          }
         } else {
           addNotice("warning", `Stopped after ${tokens} and ${fmtMs(run.total)}. The app cancelled the request to the model server.`);
         }
@@ -485,6 +489,7 @@
     handleEvent(run, "prompt", prepared.prompt);
     for (const notice of prepared.notices) handleEvent(run, "notice", notice);
     handleEvent(run, "started", { role: "browser", model: engine.load.modelName, backend: engine.description });
+    run.generating = true;
     const generation = engine.generate(prepared.messages, {
       temperature: payload.temperature,
       maxTokens: payload.max_tokens,
