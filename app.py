@@ -17,6 +17,7 @@ from fastapi.responses import FileResponse, Response as HTTPResponse
 
 from assistant.conversations import ConversationStore
 from assistant.demo import install_demo_routes
+from assistant.page import OfflinePage
 from assistant.events import AnswerStarted, Escalated, Notice, SourcesFound, Token, TurnFinished
 from assistant.pipeline import Pipeline
 from assistant.settings import RoutingMode, SettingsError, load_settings
@@ -133,6 +134,7 @@ def _install_get_routes() -> None:
 
 
 _install_get_routes()
+fastapi_app.add_middleware(OfflinePage)
 
 
 # ------------------------------------------------------------------------------------------------
