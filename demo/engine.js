@@ -17,17 +17,19 @@ function withTimeout(promise, ms) {
   return Promise.race([promise, new Promise((resolve) => setTimeout(() => resolve(null), ms))]);
 }
 
-// Where the model will run: WebGPU when the browser gives an adapter, else WebAssembly on the CPU with
-// threads when the page is cross-origin isolated (shared memory), one thread otherwise.
-// `?threads=N` in the page's URL overrides the thread count (the benchmark compares them).
+// Where the model will run: WebGPU when the browser gives an adapter, else WebAssembly on the CPU. Threads need
+// shared memory, which a cross-origin isolated page has; then the page uses half the cores (at most 4), as
+// llama.cpp's server does: on 2 cores that is 1 thread, since a second one competing with the page (and
+// anything else on the machine) slows decoding down. `?threads=N` in the page's URL sets the count.
 export async function chooseBackend() {
   const isolated = window.crossOriginIsolated === true;
   const cores = navigator.hardwareConcurrency || 1;
-  const requested = Number(new URLSearchParams(window.location.search).get("threads"));
+  const params = new URLSearchParams(window.location.search);
+  const requested = Number(params.get("threads"));
   let threads = 1;
-  if (isolated) threads = Number.isInteger(requested) && requested > 0 ? requested : Math.max(2, Math.min(4, Math.floor(cores / 2)));
+  if (isolated) threads = Number.isInteger(requested) && requested > 0 ? requested : Math.max(1, Math.min(4, Math.floor(cores / 2)));
   let adapter = null;
-  if (navigator.gpu && new URLSearchParams(window.location.search).get("gpu") !== "0") {
+  if (navigator.gpu && params.get("gpu") !== "0") {
     try {
       adapter = await withTimeout(navigator.gpu.requestAdapter(), 2000);
     } catch (err) {
@@ -38,11 +40,10 @@ export async function chooseBackend() {
 }
 
 export function describeBackend(backend) {
-  const cpu = backend.threads > 1
-    ? `WebAssembly, ${backend.threads} threads (the page is cross-origin isolated)`
-    : backend.isolated
-      ? "WebAssembly, 1 thread"
-      : "WebAssembly, 1 thread (the page is not cross-origin isolated, so no threads)";
+  let cpu;
+  if (!backend.isolated) cpu = "WebAssembly, 1 thread (the page is not cross-origin isolated, so no threads)";
+  else if (backend.threads > 1) cpu = `WebAssembly, ${backend.threads} threads (the page is cross-origin isolated)`;
+  else cpu = `WebAssembly, 1 thread (the page is cross-origin isolated; 1 thread on ${backend.cores} cores)`;
   if (backend.webgpu) return `WebGPU, with ${cpu}`;
   return backend.webgpuError ? `${cpu}; WebGPU failed: ${backend.webgpuError}` : cpu;
 }

@@ -66,8 +66,9 @@ def test_model_loads_in_the_page_answers_with_metrics_stops_and_comes_back_from_
         expect(page.locator("#engine-progress")).to_be_visible(timeout=10_000)
         note = wait_for_engine(page)
         assert "first visit: downloaded 98.4 MB" in note
-        # the page is cross-origin isolated (COOP/COEP), so the runtime gets threads; chromium here has no GPU
-        assert "WebAssembly, 2 threads (the page is cross-origin isolated)" in note, note
+        # the page is cross-origin isolated (COOP/COEP), so the runtime may use threads (half the cores; one on
+        # two cores); chromium here has no GPU adapter
+        assert re.search(r"runs here on WebAssembly, \d threads? \(the page is cross-origin isolated", note), note
         assert "ready" in page.inner_text("#engine-status")
         assert not page.is_visible("#engine-progress")
 
@@ -77,7 +78,7 @@ def test_model_loads_in_the_page_answers_with_metrics_stops_and_comes_back_from_
         page.fill("#max-tokens", "12")
         page.click("#send")
         expect(page.locator("#status")).to_have_text("Waiting for the first token", timeout=30_000)
-        assert "answering in this browser (WebAssembly, 2 threads" in page.inner_text("#answer-meta")
+        assert "answering in this browser (WebAssembly, " in page.inner_text("#answer-meta")
         expect(page.locator("#status")).to_have_text("Streaming", timeout=ANSWER_TIMEOUT_MS)
         page.wait_for_selector("#status[data-state='done']", timeout=ANSWER_TIMEOUT_MS)
         assert page.inner_text("#output").strip()
@@ -139,12 +140,14 @@ def test_model_loads_in_the_page_answers_with_metrics_stops_and_comes_back_from_
         median_ttft, median_total = summary_medians(page.inner_text("#summary-browser"))
         assert median_ttft <= median_total
 
-        # 6. the next visit loads the model from the browser's cache
-        page.reload()
-        open_demo(page, app_server)
+        # 6. the next visit loads the model from the browser's cache, here into two WebAssembly threads
+        page.goto(app_server.url + "/demo?threads=2")
+        expect(page.locator("#model-small")).not_to_have_text("…", timeout=10_000)
         page.check("#role-browser")
         note = wait_for_engine(page)
         assert "from this browser's cache" in note, note
+        assert "WebAssembly, 2 threads (the page is cross-origin isolated)" in note, note
+        assert page.get_attribute("#engine-panel", "data-cached") == "true"
         assert elsewhere == []
         assert console_errors == []
     finally:
