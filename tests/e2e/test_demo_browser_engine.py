@@ -12,9 +12,11 @@ from playwright.sync_api import expect
 
 from assistant.browser_engine import find_browser_engine
 from assistant.settings import load_settings
+from tests.e2e.conftest import PROJECT
 from tests.e2e.test_demo_page import open_demo
 
 pytestmark = pytest.mark.e2e
+SCREENSHOTS = PROJECT / "test-artifacts"
 
 # A busy 2-core machine reads prompts slowly in WebAssembly: generous waits, short prompts and answers.
 LOAD_TIMEOUT_MS = 240_000
@@ -91,6 +93,8 @@ def test_model_loads_in_the_page_answers_with_metrics_stops_and_comes_back_from_
         assert int(page.inner_text("#m-prompt")) > 50  # the server's grounded prompt, counted by the model
         assert page.locator("#chart-browser .run").count() == 1
         assert page.locator("#chart-small .run").count() == 0
+        SCREENSHOTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "demo-browser-engine-answer.png"), full_page=True)
 
         # 3. the same question on the server's small model: a row next to it, the same question label
         page.check("#role-small")
@@ -132,6 +136,7 @@ def test_model_loads_in_the_page_answers_with_metrics_stops_and_comes_back_from_
         assert "1 finished · 1 stopped (not counted)" in summary
         median_ttft, median_total = summary_medians(summary)
         assert median_ttft <= median_total
+        page.screenshot(path=str(SCREENSHOTS / "demo-browser-engine-stopped.png"), full_page=True)
 
         # 5. the engine answers again after a stop
         page.fill("#max-tokens", "6")
