@@ -44,6 +44,7 @@ export function describeBackend(backend) {
   if (!backend.isolated) cpu = "WebAssembly, 1 thread (the page is not cross-origin isolated, so no threads)";
   else if (backend.threads > 1) cpu = `WebAssembly, ${backend.threads} threads (the page is cross-origin isolated)`;
   else cpu = `WebAssembly, 1 thread (the page is cross-origin isolated; 1 thread on ${backend.cores} cores)`;
+  if (backend.compat) cpu += ", compatibility build (this browser lacks WebAssembly JSPI or Memory64: slower)";
   if (backend.webgpu) return `WebGPU, with ${cpu}`;
   return backend.webgpuError ? `${cpu}; WebGPU failed: ${backend.webgpuError}` : cpu;
 }
@@ -83,6 +84,7 @@ export async function loadEngine(info, onProgress) {
   const loadMs = performance.now() - t0;
   backend.threads = wllama.getNumThreads();
   backend.multithread = wllama.isMultithread();
+  backend.compat = wllama.getWorkerResources().compat;
   return new BrowserEngine(wllama, runtime, backend, { loadMs, cached, modelName: info.model.name });
 }
 

@@ -158,3 +158,32 @@ def test_model_loads_in_the_page_answers_with_metrics_stops_and_comes_back_from_
         assert console_errors == []
     finally:
         context.close()
+
+
+def test_a_browser_without_jspi_runs_the_compatibility_build_served_by_the_app(app_server, browser):
+    """Safari and older browsers lack WebAssembly JSPI: the runtime then needs its compatibility build, which
+    it would fetch from a CDN; the page uses the copy this app serves. Simulated here by hiding JSPI."""
+    if find_browser_engine(load_settings()).info(2048)["runtime"]["compat_worker_url"] is None:
+        pytest.skip("the compatibility build (@wllama/wllama-compat) is not installed")
+    context = browser.new_context()
+    context.add_init_script("delete WebAssembly.Suspending;")
+    page = context.new_page()
+    elsewhere = []
+    page.on("request", lambda r: r.url.startswith((app_server.url, "blob:", "data:")) or elsewhere.append(r.url))
+    compat_files = []
+    page.on("request", lambda r: "/compat/" in r.url and compat_files.append(r.url.rsplit("/", 2)[-2:]))
+    try:
+        open_demo(page, app_server)
+        page.check("#role-browser")
+        note = wait_for_engine(page)
+        assert "compatibility build" in note, note
+        assert ["compat", "wllama.js"] in compat_files and ["compat", "wllama.wasm"] in compat_files
+        page.fill("#prompt", "Say yes.")
+        page.fill("#reference", "The answer is yes.")
+        page.fill("#max-tokens", "2")
+        page.click("#send")
+        page.wait_for_selector("#status[data-state='done']", timeout=ANSWER_TIMEOUT_MS)
+        assert page.inner_text("#output").strip()
+        assert elsewhere == []
+    finally:
+        context.close()
