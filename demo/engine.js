@@ -20,7 +20,8 @@ function withTimeout(promise, ms) {
 // Where the model will run: WebGPU when the browser gives an adapter, else WebAssembly on the CPU. Threads need
 // shared memory, which a cross-origin isolated page has; then the page uses half the cores (at most 4), as
 // llama.cpp's server does: on 2 cores that is 1 thread, since a second one competing with the page (and
-// anything else on the machine) slows decoding down. `?threads=N` in the page's URL sets the count.
+// anything else on the machine) slows decoding down. `?threads=N` in the page's URL sets the count, and
+// `?batch=N` the prompt batch (default 64: the runtime checks for Stop between batches).
 export async function chooseBackend() {
   const isolated = window.crossOriginIsolated === true;
   const cores = navigator.hardwareConcurrency || 1;
@@ -36,7 +37,8 @@ export async function chooseBackend() {
       adapter = null;
     }
   }
-  return { webgpu: !!adapter, isolated, threads, cores };
+  const batch = Number(params.get("batch"));
+  return { webgpu: !!adapter, isolated, threads, cores, batch: Number.isInteger(batch) && batch > 0 ? batch : 64 };
 }
 
 export function describeBackend(backend) {
@@ -60,9 +62,9 @@ export async function loadEngine(info, onProgress) {
   const cached = (await wllama.modelManager.getModels()).some((model) => model.url === modelUrl);
   const load = (instance) => instance.loadModelFromUrl(modelUrl, {
     n_ctx: info.context_window,
-    // The runtime checks for Stop between two steps; a small batch keeps each step of reading the prompt short.
-    n_batch: 64,
-    n_ubatch: 64,
+    // The runtime checks for Stop between two steps: a small batch keeps each step of reading the prompt short.
+    n_batch: backend.batch,
+    n_ubatch: backend.batch,
     n_threads: backend.threads,
     n_gpu_layers: backend.webgpu ? undefined : 0,
     n_parallel: 1,
