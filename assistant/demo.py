@@ -10,8 +10,9 @@ talks only to the app's own server:
 * ``POST /demo/api/prompt``    the same JSON as the stream; answers the sources and the grounded prompt
   (the pipeline's first two stages, no model call) for the page's in-browser engine to generate from
 * ``POST /demo/api/stream``    JSON ``{prompt, role, reference_text, temperature, max_tokens}``,
-  answered as ``text/event-stream`` with the events ``sources``, ``prompt``, ``started``, ``token``,
-  ``notice`` and ``done`` (see :func:`event_payload`).
+  answered as ``text/event-stream`` with the events ``sources``, ``prompt``, ``started``, ``thinking``
+  and ``thought`` (a reasoning model's thinking, and its end), ``token``, ``notice`` and ``done`` (see
+  :func:`event_payload`).
 
 The stream runs the same :class:`~assistant.pipeline.Pipeline` as the chat, with the routing mode
 pinned to the chosen role. When the browser hangs up (its Stop button aborts the fetch), the ASGI
@@ -36,7 +37,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from assistant.browser_engine import NODE_MODULES, find_browser_engine, install_browser_engine_routes
-from assistant.events import AnswerStarted, Escalated, Notice, PromptBuilt, SourcesFound, Token, TurnFinished
+from assistant.events import (
+    AnswerStarted, Escalated, Notice, PromptBuilt, SourcesFound, Thinking, ThinkingFinished, Token, TurnFinished,
+)
 from assistant.settings import PROJECT_ROOT, RoutingMode
 from routing.client import ModelClient, ModelServerError
 from routing.policy import RoutingOptions
@@ -185,7 +188,9 @@ def parse_demo_request(body: Any, settings) -> dict:
     if not float(max_tokens).is_integer() or not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
         raise DemoRequestError(f"Max tokens must be a whole number from 1 to {MAX_TOKENS_LIMIT}.")
     options = RoutingOptions.from_settings(settings).with_overrides(
-        {"mode": ROLE_MODES[role], "temperature": temperature, "max_tokens": int(max_tokens)}
+        # The page's token limit is the chosen model's budget (the large model's thinking included).
+        {"mode": ROLE_MODES[role], "temperature": temperature, "max_tokens": int(max_tokens),
+         "large_max_tokens": int(max_tokens)}
     )
     return {"prompt": prompt.strip(), "role": role, "reference_text": reference_text.strip() or None, "options": options}
 
@@ -269,6 +274,10 @@ def event_payload(event) -> tuple[str, dict] | None:
     """One pipeline event as ``(sse event name, JSON data)``."""
     if isinstance(event, Token):
         return "token", {"text": event.text, "role": event.role}
+    if isinstance(event, Thinking):
+        return "thinking", {"text": event.text, "role": event.role}
+    if isinstance(event, ThinkingFinished):
+        return "thought", {"seconds": round(event.seconds, 2), "answered": event.answered, "role": event.role}
     if isinstance(event, SourcesFound):
         return "sources", {
             "count": len(event.sources),
@@ -318,6 +327,10 @@ def done_payload(finished: TurnFinished) -> dict:
         "completion_tokens": metrics.completion_tokens if leg else None,
         "tokens_estimated": metrics.tokens_estimated if leg else None,
         "tokens_per_s": _round(leg.decode_tokens_per_s) if leg else None,
+        "thinking_ms": _round(metrics.thinking_ms),
+        "first_answer_ms": _round(metrics.first_answer_ms),
+        "reasoning_tokens": metrics.reasoning_tokens if leg else None,
+        "reasoning_estimated": metrics.reasoning_estimated if leg else None,
     }
     return {
         "error": False,

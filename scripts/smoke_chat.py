@@ -34,7 +34,8 @@ async def chat_turn(url: str, question: str, timeout_s: float) -> int:
             return 1
         cookies = "; ".join(f"{name}={value}" for name, value in http.cookies.items())
 
-    seen: dict[str, list] = {"new_message": [], "update_message": [], "stream_token": [], "task_end": []}
+    seen: dict[str, list] = {"new_message": [], "update_message": [], "stream_token": [], "task_start": [],
+                             "task_end": []}
     welcome, turn_over = asyncio.Event(), asyncio.Event()
     sent_at: list[float] = []
     client = socketio.AsyncClient(reconnection=False)
@@ -53,9 +54,14 @@ async def chat_turn(url: str, question: str, timeout_s: float) -> int:
     async def on_token(data):
         seen["stream_token"].append((time.perf_counter(), data))
 
+    @client.on("task_start")
+    async def on_task_start(_data):
+        if sent_at:
+            seen["task_start"].append(time.perf_counter())
+
     @client.on("task_end")
     async def on_task_end(_data):
-        if sent_at:
+        if seen["task_start"]:  # the end of the task our question started (not an earlier one)
             seen["task_end"].append(time.perf_counter())
             turn_over.set()
 
