@@ -39,9 +39,12 @@ RUNTIME_FILES = {
     "compat/wllama.js": (COMPAT_PACKAGE, "wasm/wllama.js", "text/javascript; charset=utf-8"),
     "compat/wllama.wasm": (COMPAT_PACKAGE, "wasm/wllama.wasm", "application/wasm"),
 }
-# The URLs carry a version or a fingerprint: what they name never changes.
+# The URLs carry a version or a fingerprint: what they name never changes. "identity" keeps the app's gzip
+# middleware (Chainlit's, level 9) off these files: it would spend the server's CPU recompressing 98 MB of
+# quantized weights, which hardly shrink, on every first visit, and drop Content-Length (the progress bar's total).
 IMMUTABLE_HEADERS = {
     "Cache-Control": "private, max-age=31536000, immutable",
+    "Content-Encoding": "identity",
     "Cross-Origin-Resource-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
 }

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+from fastapi.middleware.gzip import GZipMiddleware
 
 from assistant.demo import install_demo_routes
 from assistant.pipeline import Pipeline
@@ -63,6 +64,7 @@ def make_app(endpoint: str, node_modules: Path, model_path: Path | str) -> tuple
     )
     pipeline = Pipeline(settings, ModelClient.from_settings(settings), None)
     app = FastAPI()
+    app.add_middleware(GZipMiddleware)  # as Chainlit's server has
     install_demo_routes(app, lambda: pipeline, settings, node_modules=node_modules)
     return app, pipeline
 
@@ -180,9 +182,10 @@ def test_a_model_too_large_for_the_browser_is_explained(fake, tmp_path, node_mod
 # ------------------------------------------------------------------------------------------ files
 def test_model_file_is_served_with_caching_headers(base_url, model_file):
     url = base_url + engine_info(base_url)["model"]["url"]
-    response = httpx.get(url, headers={"Sec-Fetch-Site": "same-origin"})
+    response = httpx.get(url, headers={"Sec-Fetch-Site": "same-origin", "Accept-Encoding": "gzip"})
     assert response.status_code == 200
     assert response.content == model_file.read_bytes()
+    assert response.headers["content-encoding"] == "identity"  # not recompressed by the gzip middleware
     assert "immutable" in response.headers["cache-control"] and "max-age=31536000" in response.headers["cache-control"]
     assert response.headers["cross-origin-resource-policy"] == "same-origin"
     assert response.headers["etag"].strip('"') in url
@@ -234,8 +237,9 @@ def test_runtime_files_are_served_with_their_media_types(base_url, node_modules)
     module = httpx.get(base_url + info["runtime"]["module_url"])
     assert module.status_code == 200 and module.headers["content-type"].startswith("text/javascript")
     assert module.content == (node_modules / "@wllama/wllama/esm/index.js").read_bytes()
-    wasm = httpx.get(base_url + info["runtime"]["wasm_url"])
+    wasm = httpx.get(base_url + info["runtime"]["wasm_url"], headers={"Accept-Encoding": "gzip"})
     assert wasm.status_code == 200 and wasm.headers["content-type"] == "application/wasm"  # instantiateStreaming needs it
+    assert wasm.headers["content-encoding"] == "identity"
     assert "immutable" in wasm.headers["cache-control"]
 
 
