@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 
 from assistant.embedded import EmbeddedModelServer, default_model_path
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, AppServer, make_app_root
+from benchmarks.harness import CHROMIUM, CHROMIUM_ARGS, AppServer, make_app_root
 
 QUESTION = "What colour is the sky on Zorg, and why?"
 REFERENCE = (
