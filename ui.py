@@ -40,7 +40,7 @@ class ThinkingStep:
 
 
 def source_label(number: int, scored: ScoredChunk) -> str:
-    return f"[{number}] {scored.chunk.location}"
+    return f"[{number}] {scored.chunk.citation}"
 
 
 async def show_retrieval(event: SourcesFound, min_score: float) -> None:
@@ -53,7 +53,7 @@ async def show_retrieval(event: SourcesFound, min_score: float) -> None:
         for i, scored in enumerate(event.sources, start=1):
             excerpt = " ".join(scored.chunk.text.split())[:SNIPPET_CHARS].replace("|", "\\|")
             weak = "" if scored.score >= min_score else " (weak)"
-            rows.append(f"| {i} | {scored.score:.2f}{weak} | {scored.chunk.location} | {excerpt}… |")
+            rows.append(f"| {i} | {scored.score:.2f}{weak} | {scored.chunk.citation} | {excerpt}… |")
         rows.append(f"\n{len(event.sources)} sources in {event.retrieval_ms:.1f} ms.")
         step.output = "\n".join(rows)
 
@@ -72,7 +72,7 @@ def source_elements(record: TurnRecord) -> tuple[str, list[cl.Text]]:
     for number, scored, by in shown:
         label = source_label(number, scored)
         labels[by].append(label + (APP_MARK if by == "app" else ""))
-        heading = f"**{scored.chunk.title}** — {scored.chunk.location} (chunk {scored.chunk.position + 1}, score {scored.score:.2f})"
+        heading = f"**{scored.chunk.title}** — {scored.chunk.citation} (chunk {scored.chunk.position + 1}, score {scored.score:.2f})"
         elements.append(cl.Text(name=label, content=f"{heading}\n\n{scored.chunk.text}", display="side"))
     lines = []
     if labels["model"]:
