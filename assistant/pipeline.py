@@ -183,7 +183,7 @@ class Pipeline:
         *,
         history: Sequence[dict] = (),
         options: RoutingOptions | None = None,
-        documents: Retriever | Sequence[Retriever] | None = None,
+        documents: Retriever | None = None,
         reference_text: str | None = None,
         retrieve: bool | None = None,
     ) -> PreparedPrompt:
@@ -191,14 +191,14 @@ class Pipeline:
         call. For a front end that generates elsewhere (the demo page's in-browser engine)."""
         options = options or RoutingOptions.from_settings(self.settings)
         found = await self.retrieve(
-            question, options, documents=documents, reference_text=reference_text,
+            question, options, history=history, documents=documents, reference_text=reference_text,
             retrieve=retrieve if retrieve is not None else not reference_text,
         )
         t0 = time.perf_counter()
         prompt = self.build_prompt(question, found.supporting, history, options)
         prompt_ms = (time.perf_counter() - t0) * 1000
         return PreparedPrompt(
-            sources=SourcesFound(query=question, sources=found.shown, retrieval_ms=found.retrieval_ms,
+            sources=SourcesFound(query=found.query, sources=found.shown, retrieval_ms=found.retrieval_ms,
                                  supported=found.supported),
             prompt=PromptBuilt(sources_used=prompt.sources_used, prompt_tokens=prompt.prompt_tokens, prompt_ms=prompt_ms),
             messages=prompt.messages,
