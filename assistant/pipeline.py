@@ -67,6 +67,16 @@ class Retrieval:
 
 
 @dataclass
+class PreparedPrompt:
+    """Stages 1 and 2 of a turn (see :meth:`Pipeline.prepare`): what a model would be sent."""
+
+    sources: SourcesFound
+    prompt: PromptBuilt
+    messages: list[dict]  # OpenAI chat messages: system, history..., user
+    notices: list[Notice] = field(default_factory=list)
+
+
+@dataclass
 class _Leg:
     """One model call of the turn, with what became of it."""
 
@@ -166,6 +176,34 @@ class Pipeline:
         metrics = TurnMetrics(total_ms=(time.perf_counter() - started) * 1000)
         yield TurnFinished(self._record(messages[-1]["content"] if messages else "", [], decision, [leg], metrics,
                                         notices, supported=False, sources_found=0, prices={role: price}))
+
+    async def prepare(
+        self,
+        question: str,
+        *,
+        history: Sequence[dict] = (),
+        options: RoutingOptions | None = None,
+        documents: Retriever | None = None,
+        reference_text: str | None = None,
+        retrieve: bool | None = None,
+    ) -> PreparedPrompt:
+        """Stages 1 and 2 of :meth:`run` only, the same code: the sources and the grounded prompt, no model
+        call. For a front end that generates elsewhere (the demo page's in-browser engine)."""
+        options = options or RoutingOptions.from_settings(self.settings)
+        found = await self.retrieve(
+            question, options, history=history, documents=documents, reference_text=reference_text,
+            retrieve=retrieve if retrieve is not None else not reference_text,
+        )
+        t0 = time.perf_counter()
+        prompt = self.build_prompt(question, found.supporting, history, options)
+        prompt_ms = (time.perf_counter() - t0) * 1000
+        return PreparedPrompt(
+            sources=SourcesFound(query=found.query, sources=found.shown, retrieval_ms=found.retrieval_ms,
+                                 supported=found.supported),
+            prompt=PromptBuilt(sources_used=prompt.sources_used, prompt_tokens=prompt.prompt_tokens, prompt_ms=prompt_ms),
+            messages=prompt.messages,
+            notices=list(found.notices),
+        )
 
     # ------------------------------------------------------------------------------ stage 1: sources
     async def retrieve(
