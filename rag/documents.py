@@ -36,7 +36,11 @@ def clean_display_name(name: str) -> str:
     """A display name only: the last path component, without control characters, never empty."""
     name = re.split(r"[\\/]", str(name or ""))[-1]
     name = "".join(char for char in name if unicodedata.category(char)[0] != "C").strip()
-    return name[:200] or "document"
+    if len(name) > 200:  # shorten the stem: the extension gives the file's type
+        stem, dot, suffix = name.rpartition(".")
+        suffix = suffix[:16] if dot and stem else ""
+        name = name[: 200 - len(suffix) - 1].rstrip() + "." + suffix if suffix else name[:200]
+    return name or "document"
 
 
 class DocumentSet:
