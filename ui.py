@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import chainlit as cl
 
 from assistant.events import SourcesFound, TurnFinished
@@ -10,10 +12,28 @@ from routing.metrics import TurnMetrics
 
 ANSWER_FOOTER = "\n\n---\n"
 SNIPPET_CHARS = 160
+_MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
+
+
+def md_text(text: str) -> str:
+    """Text from a file (a name, an excerpt, a refusal) shown literally: no markdown, so no image, link or
+    table cell can come from it; on one line."""
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def md_defused(text: str) -> str:
+    """Document text that keeps its markdown formatting but can load nothing: ``](`` and ``][`` are broken and
+    link definitions escaped, so no image or link (inline, reference or shortcut form) survives."""
+    text = text.replace("](", "]\\(").replace("][", "]\\[")
+    return re.sub(r"\[(?=[^\]\n]*\]:)", r"\\[", text)
 
 
 def source_label(number: int, scored: ScoredChunk) -> str:
-    return f"[{number}] {scored.chunk.location}"
+    # The browser turns each occurrence of an element's name into a markdown link [name](...), so the name itself
+    # must not hold markdown: brackets become parentheses and backticks/angle brackets/backslashes go.
+    location = scored.chunk.location.replace("[", "(").replace("]", ")")
+    location = " ".join(re.sub(r"[`<>\\]", "", location).split())
+    return f"[{number}] {location}"
 
 
 async def show_retrieval(event: SourcesFound, min_score: float) -> None:
@@ -24,9 +44,9 @@ async def show_retrieval(event: SourcesFound, min_score: float) -> None:
             return
         rows = ["| # | score | source | excerpt |", "|---|---|---|---|"]
         for i, scored in enumerate(event.sources, start=1):
-            excerpt = " ".join(scored.chunk.text.split())[:SNIPPET_CHARS].replace("|", "\\|")
+            excerpt = md_text(" ".join(scored.chunk.text.split())[:SNIPPET_CHARS])
             weak = "" if scored.score >= min_score else " (weak)"
-            rows.append(f"| {i} | {scored.score:.2f}{weak} | {scored.chunk.location} | {excerpt}… |")
+            rows.append(f"| {i} | {scored.score:.2f}{weak} | {md_text(scored.chunk.location)} | {excerpt}… |")
         rows.append(f"\n{len(event.sources)} sources in {event.retrieval_ms:.1f} ms.")
         step.output = "\n".join(rows)
 
@@ -43,8 +63,9 @@ def source_elements(finished: TurnFinished) -> tuple[str, list[cl.Text]]:
         scored = finished.sources_used[number - 1]
         label = source_label(number, scored)
         labels.append(label)
-        heading = f"**{scored.chunk.title}** — {scored.chunk.location} (chunk {scored.chunk.position + 1}, score {scored.score:.2f})"
-        elements.append(cl.Text(name=label, content=f"{heading}\n\n{scored.chunk.text}", display="side"))
+        heading = (f"**{md_text(scored.chunk.title)}** — {md_text(scored.chunk.location)} "
+                   f"(chunk {scored.chunk.position + 1}, score {scored.score:.2f})")
+        elements.append(cl.Text(name=label, content=f"{heading}\n\n{md_defused(scored.chunk.text)}", display="side"))
     title = "Cited sources" if finished.cited else "Sources given to the model (none cited)"
     return f"{title}: " + ", ".join(labels), elements
 

@@ -20,6 +20,7 @@ Every refusal is a :class:`rag.loaders.LoadError` whose message names the file a
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -69,6 +70,7 @@ class ParseStats:
 @dataclass
 class ParsedUpload:
     name: str
+    sha256: str
     title: str
     pages: int | None
     chunks: list[Chunk]
@@ -132,6 +134,7 @@ def parse_file(path: Path, name: str, chunk_tokens: int, chunk_overlap: int, lim
         )
     return {
         "status": "ok",
+        "sha256": hashlib.sha256(data).hexdigest(),
         "title": document.title,
         "pages": document.pages,
         "chunks": [chunk.to_record() for chunk in chunks],
@@ -333,6 +336,10 @@ class UploadParser:
                 self._server = None
                 raise RuntimeError("the upload parser process did not start")
 
+    def start(self) -> None:
+        """Start the fork server now rather than at the first upload (it takes a second to import the parsers)."""
+        self._ensure_server()
+
     def close(self) -> None:
         with self._start_lock:
             if self._server is not None:
@@ -414,6 +421,7 @@ class UploadParser:
             chunks = [Chunk.from_record(name, record) for record in answer["chunks"]]
             return ParsedUpload(
                 name=name,
+                sha256=str(answer["sha256"]),
                 title=str(answer.get("title") or name),
                 pages=answer.get("pages"),
                 chunks=chunks,

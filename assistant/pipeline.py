@@ -29,7 +29,7 @@ from typing import AsyncIterator, Protocol, Sequence
 from assistant.events import AnswerStarted, Escalated, Notice, PromptBuilt, SourcesFound, Token, TurnFinished
 from assistant.settings import RoutingMode
 from rag.index import asearch_many, fuse_rankings
-from rag.prompt import build_grounded_messages, cited_numbers, reference_text_sources
+from rag.prompt import build_grounded_messages, cited_numbers, neutralise, reference_text_sources
 from rag.tokens import count_tokens
 from rag.types import ScoredChunk
 from routing.client import ModelClient, ModelServerError, Response
@@ -293,7 +293,7 @@ class Pipeline:
             history_budget=self.settings.history_token_budget,
         )
         return grounded.messages + [
-            {"role": "assistant", "content": draft},
+            {"role": "assistant", "content": neutralise(draft)},
             {"role": "user", "content": REFINE_INSTRUCTION},
         ]
 
