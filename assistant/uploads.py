@@ -104,6 +104,7 @@ def install_upload_checks(app, limit_bytes: int, display_name=lambda name: name)
     empty and over-size files itself, passes the rest to Chainlit's endpoint, and rewrites its refusals.
     """
     import logging
+    from typing import Optional
 
     from chainlit.server import UserParam, upload_file
     from fastapi import HTTPException, UploadFile
@@ -130,6 +131,10 @@ def install_upload_checks(app, limit_bytes: int, display_name=lambda name: name)
             log.exception("upload of %r failed", file.filename)
             return refuse(400, name, f"the server could not store it ({type(exc).__name__})")
 
+    # This module's annotations are strings (``from __future__ import annotations``) that FastAPI would resolve in
+    # the module's globals, where these locally imported types are not: give it the objects.
+    checked_upload.__annotations__ = {"current_user": UserParam, "session_id": str, "file": UploadFile,
+                                      "ask_parent_id": Optional[str]}
     first_new = len(app.router.routes)
     app.add_api_route("/project/file", checked_upload, methods=["POST"])
     new_routes = app.router.routes[first_new:]
