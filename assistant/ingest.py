@@ -388,15 +388,27 @@ class UploadParser:
                     received = bytearray()
             return self._result(bytes(received), name, time.monotonic() - started)
 
+    async def _connect(self, name: str):
+        """A connection to the fork server, (re)starting it if needed."""
+        for attempt in range(2):
+            try:
+                if self._server is None or self._server.poll() is not None:
+                    await asyncio.to_thread(self._ensure_server)
+                return await asyncio.open_unix_connection(self.socket_path, limit=1 << 20)
+            except (OSError, RuntimeError) as exc:
+                log.warning("upload parser unavailable (%s)%s", exc, "; restarting it" if attempt == 0 else "")
+                if self._server is not None and self._server.poll() is None:
+                    self._server.kill()
+        raise ParseRefused(f"{name} could not be read: the document reader is not available (see the server log).",
+                           ParseStats(outcome="unavailable"))
+
     async def parse(self, path: Path, name: str) -> ParsedUpload:
         """Parse one file without holding the event loop or a thread. Raises LoadError."""
         if self._semaphore is None:
             self._semaphore = asyncio.Semaphore(self.limits.max_parallel)
         async with self._semaphore:
             started = time.monotonic()
-            if self._server is None or self._server.poll() is not None:
-                await asyncio.to_thread(self._ensure_server)
-            reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=1 << 20)
+            reader, writer = await self._connect(name)
             try:
                 writer.write(self._request(path, name))
                 await writer.drain()
