@@ -18,7 +18,8 @@ from fastapi.responses import FileResponse, Response as HTTPResponse
 from assistant.conversations import ConversationStore
 from assistant.demo import install_demo_routes
 from assistant.ingest import UploadParser
-from assistant.events import AnswerStarted, Escalated, Notice, SourcesFound, Token, TurnFinished
+from assistant.page import OfflinePage
+from assistant.events import AnswerStarted, Escalated, Notice, SourcesFound, Thinking, ThinkingFinished, Token, TurnFinished
 from assistant.pipeline import Pipeline
 from assistant.settings import RoutingMode, SettingsError, load_settings
 from assistant.storage import LocalFileStorage, ensure_schema
@@ -138,6 +139,7 @@ def _install_get_routes() -> None:
 
 _install_get_routes()
 install_upload_checks(fastapi_app, int(settings.upload_max_mb * 1024 * 1024), clean_display_name)
+fastapi_app.add_middleware(OfflinePage)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -223,6 +225,8 @@ async def model_status() -> str:
         try:
             served = await client.resolve(alias, refresh=True)
             lines.append(f"- {role}: `{served}`" + (f" (alias `{alias}`)" if served != alias else ""))
+            if client.resolutions.get(alias) and client.resolutions[alias].note:
+                lines[-1] += f" — {client.resolutions[alias].note}"
         except ModelServerError as exc:
             lines.append(f"- {role}: `{alias}` — **not available**: {exc}")
     return "\n".join(lines)
@@ -241,6 +245,8 @@ async def welcome(values: dict, resumed: bool = False) -> None:
             f" — the embedded llama.cpp model, because nothing answered at `{settings.configured_endpoint}` "
             "(start Foundry Local with `foundry service start` to use phi-4-mini and gpt-oss-20b)"
         )
+    if settings.discovery:
+        server_line += f"\nFound by: {settings.discovery}"
     text = (
         ("**Welcome back.** " if resumed else "**Local knowledge assistant.** ")
         + "Answers come from your documents, by models on this machine.\n\n"
@@ -320,6 +326,7 @@ async def answer(question: str) -> None:
     streamed = ""
     finished: TurnFinished | None = None
     notices: list[Notice] = []
+    thinking: ui.ThinkingStep | None = None  # a reasoning model's thinking, streamed above its answer
     try:
         async for event in pipeline.run(question, history=history, options=options, documents=documents()):
             if isinstance(event, SourcesFound):
@@ -327,6 +334,13 @@ async def answer(question: str) -> None:
             elif isinstance(event, AnswerStarted):
                 message = cl.Message(content="", author=event.model)
                 streamed = ""
+            elif isinstance(event, Thinking):
+                thinking = thinking or await ui.ThinkingStep.start()
+                await thinking.add(event.text)
+            elif isinstance(event, ThinkingFinished):
+                if thinking is not None:
+                    await thinking.finish(event.seconds, answered=event.answered)
+                thinking = None
             elif isinstance(event, Token):
                 streamed += event.text
                 await message.stream_token(event.text)
@@ -342,6 +356,8 @@ async def answer(question: str) -> None:
             elif isinstance(event, TurnFinished):
                 finished = event
     except asyncio.CancelledError:
+        if thinking is not None:
+            await thinking.finish(None, answered=False)
         stopped = (streamed + "\n\n*Stopped by you; the text above is what the model had written.*").strip()
         if message is None:
             message = cl.Message(content="", author="assistant")

@@ -28,6 +28,33 @@ def md_defused(text: str) -> str:
     return re.sub(r"\[(?=[^\]\n]*\]:)", r"\\[", text)
 
 
+class ThinkingStep:
+    """A reasoning model's thinking, streamed token by token into a collapsible "Thinking" step above the
+    answer and renamed "Thought for N s" when the answer starts (the pattern of Chainlit's cookbook).
+    The step shows with ``[UI] cot = "full"`` (``tool_call`` would hide an llm step)."""
+
+    def __init__(self, step: cl.Step):
+        self.step = step
+
+    @classmethod
+    async def start(cls) -> "ThinkingStep":
+        step = cl.Step(name="Thinking", type="llm", default_open=True, auto_collapse=True, show_input=False)
+        await step.__aenter__()  # the async-with protocol, held open across the pipeline's events
+        return cls(step)
+
+    async def add(self, text: str) -> None:
+        await self.step.stream_token(text)
+
+    async def finish(self, seconds: float | None, *, answered: bool) -> None:
+        if seconds is None:
+            self.step.name = "Stopped while thinking"
+        else:
+            self.step.name = f"Thought for {seconds:.0f} s" if seconds >= 1 else "Thought for <1 s"
+            if not answered:
+                self.step.name += " (no answer: the token budget ran out)"
+        await self.step.__aexit__(None, None, None)
+
+
 def source_label(number: int, scored: ScoredChunk) -> str:
     # The browser turns each occurrence of an element's name into a markdown link [name](...), so the name itself
     # must not hold markdown: brackets become parentheses and backticks/angle brackets/backslashes go.

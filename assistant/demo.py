@@ -7,8 +7,9 @@ talks only to the app's own server:
 * ``GET  /demo/static/{name}`` ``demo.css`` and ``demo.js`` (nothing else is served)
 * ``GET  /demo/api/info``      the two roles, their served model names and the model server's host
 * ``POST /demo/api/stream``    JSON ``{prompt, role, reference_text, temperature, max_tokens}``,
-  answered as ``text/event-stream`` with the events ``sources``, ``prompt``, ``started``, ``token``,
-  ``notice`` and ``done`` (see :func:`event_payload`).
+  answered as ``text/event-stream`` with the events ``sources``, ``prompt``, ``started``, ``thinking``
+  and ``thought`` (a reasoning model's thinking, and its end), ``token``, ``notice`` and ``done`` (see
+  :func:`event_payload`).
 
 The stream runs the same :class:`~assistant.pipeline.Pipeline` as the chat, with the routing mode
 pinned to the chosen role. When the browser hangs up (its Stop button aborts the fetch), the ASGI
@@ -28,7 +29,9 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 
-from assistant.events import AnswerStarted, Escalated, Notice, PromptBuilt, SourcesFound, Token, TurnFinished
+from assistant.events import (
+    AnswerStarted, Escalated, Notice, PromptBuilt, SourcesFound, Thinking, ThinkingFinished, Token, TurnFinished,
+)
 from assistant.settings import PROJECT_ROOT, RoutingMode
 from routing.client import ModelClient, ModelServerError
 from routing.policy import RoutingOptions
@@ -144,7 +147,9 @@ def parse_demo_request(body: Any, settings) -> dict:
     if not float(max_tokens).is_integer() or not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
         raise DemoRequestError(f"Max tokens must be a whole number from 1 to {MAX_TOKENS_LIMIT}.")
     options = RoutingOptions.from_settings(settings).with_overrides(
-        {"mode": ROLE_MODES[role], "temperature": temperature, "max_tokens": int(max_tokens)}
+        # The page's token limit is the chosen model's budget (the large model's thinking included).
+        {"mode": ROLE_MODES[role], "temperature": temperature, "max_tokens": int(max_tokens),
+         "large_max_tokens": int(max_tokens)}
     )
     return {"prompt": prompt.strip(), "role": role, "reference_text": reference_text.strip() or None, "options": options}
 
@@ -228,6 +233,10 @@ def event_payload(event) -> tuple[str, dict] | None:
     """One pipeline event as ``(sse event name, JSON data)``."""
     if isinstance(event, Token):
         return "token", {"text": event.text, "role": event.role}
+    if isinstance(event, Thinking):
+        return "thinking", {"text": event.text, "role": event.role}
+    if isinstance(event, ThinkingFinished):
+        return "thought", {"seconds": round(event.seconds, 2), "answered": event.answered, "role": event.role}
     if isinstance(event, SourcesFound):
         return "sources", {
             "count": len(event.sources),
@@ -266,6 +275,10 @@ def done_payload(finished: TurnFinished) -> dict:
         "completion_tokens": metrics.completion_tokens if leg else None,
         "tokens_estimated": metrics.tokens_estimated if leg else None,
         "tokens_per_s": _round(leg.decode_tokens_per_s) if leg else None,
+        "thinking_ms": _round(metrics.thinking_ms),
+        "first_answer_ms": _round(metrics.first_answer_ms),
+        "reasoning_tokens": metrics.reasoning_tokens if leg else None,
+        "reasoning_estimated": metrics.reasoning_estimated if leg else None,
     }
     return {
         "error": False,

@@ -54,7 +54,7 @@ from assistant.embedded import model_server
 from assistant.settings import RoutingMode, SettingsError, load_settings
 from routing.client import ModelClient, ModelServerError
 from routing.metrics import mean, percentile
-from routing.policy import RoutingOptions, assess, looks_declined
+from routing.policy import GROUNDING_SIGNALS, RoutingOptions, assess, looks_declined
 
 DEFAULT_MODES = ("small", "large", "automatic")
 JUDGE_PROMPT = (
@@ -180,6 +180,10 @@ class Result:
     # The router's view of the small model's answer (small mode only): used to rank for APGR.
     small_flagged: bool | None = None
     small_confidence: float | None = None
+    # Grounding signals (routing.policy.grounding_signals) that fired on the small model's answer, and
+    # whether they decided (the server sent no logprobs, as Foundry Local does).
+    signals: list[str] = field(default_factory=list)
+    signals_decided: bool = False
     f1: float | None = None
     source_recall: float | None = None
     judge: int | None = None
@@ -224,6 +228,10 @@ async def run_question(pipeline: Pipeline, question: Question, mode: str, option
     if mode == RoutingMode.SMALL_ONLY.value and end.responses:
         verdict = assess(end.text, end.responses[0].token_logprobs, end.sources_used, options)
         result.small_flagged, result.small_confidence = verdict.escalate, verdict.confidence
+    if mode != RoutingMode.LARGE_ONLY.value and end.responses:
+        small = end.responses[0]
+        verdict = assess(small.text, small.token_logprobs, end.sources_used, options, supported=end.supported)
+        result.signals, result.signals_decided = sorted(verdict.grounding), verdict.grounding_decided
     if question.reference_answer:
         result.f1 = token_f1(end.text, question.reference_answer)
     result.source_recall = source_recall(question.expected_sources, cited_sources)
@@ -270,6 +278,9 @@ def summarize(results: list[Result]) -> dict:
         "escalated_share": sum(r.escalated for r in results) / len(results) if results else None,
         "errors": sum(bool(r.errors) for r in results),
         "models": sorted({r.answered_by for r in results if r.answered_by}),
+        # How often each grounding signal fired on the small model's answers, and how often they decided.
+        "signals": {name: sum(name in r.signals for r in results) for name in GROUNDING_SIGNALS},
+        "signals_decided": sum(r.signals_decided for r in results),
     }
 
 
@@ -346,6 +357,14 @@ def format_report(summaries: dict[str, dict], routing: dict, judged: bool) -> st
     lines.append("score: F1 vs reference (1/0 for declining an unanswerable question)"
                  + ("; judge 1-5 mapped to 0-1 replaces it" if judged else "")
                  + ". src rec: expected sources among cited ones. ~: token counts estimated (server sent no usage).")
+    for mode, s in summaries.items():
+        if mode == RoutingMode.LARGE_ONLY.value or not s["questions"]:
+            continue
+        fired = ", ".join(f"{name} {count}/{s['questions']}" for name, count in s["signals"].items())
+        lines.append(
+            f"grounding signals on the small answers ({mode}): {fired}; they decided (no logprobs) on "
+            f"{s['signals_decided']}/{s['questions']}."
+        )
     if routing.get("note"):
         lines.append(f"PGR/APGR: {routing['note']}")
     if routing.get("pgr") is not None:

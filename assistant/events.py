@@ -2,6 +2,8 @@
 
 A turn yields: ``SourcesFound`` -> ``PromptBuilt`` -> ``AnswerStarted`` -> ``Token``... ->
 (``Escalated`` -> ``AnswerStarted`` -> ``Token``...)? -> ``Notice``* -> ``TurnFinished``.
+A reasoning model's leg streams ``Thinking``... then ``ThinkingFinished`` before its first ``Token``
+(thinking is never part of the answer text).
 On a model-server failure the turn still ends with ``TurnFinished``, after a ``Notice`` of level
 "error" that says what to start or set; the text streamed so far is in ``TurnFinished.text``.
 """
@@ -42,6 +44,21 @@ class AnswerStarted:
 class Token:
     text: str
     role: str
+
+
+@dataclass
+class Thinking:
+    """A piece of a reasoning model's thinking, streamed live; shown apart, never in the answer."""
+
+    text: str
+    role: str
+
+
+@dataclass
+class ThinkingFinished:
+    role: str
+    seconds: float  # first to last thinking token
+    answered: bool  # False when the token budget ran out (or the stream ended) while it was thinking
 
 
 @dataclass

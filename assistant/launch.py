@@ -1,4 +1,4 @@
-"""Start the app: use the configured model server if it answers, else the embedded llama.cpp model.
+"""Start the app on the model server discovery finds (see assistant.discovery), else the embedded llama.cpp model.
 
     python -m assistant.launch [--host 127.0.0.1] [--port 8000]
 
@@ -35,11 +35,19 @@ def main(argv: list[str] | None = None) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
         with served_settings(settings, log_path=data_dir / "embedded-model.log", announce=say) as (settings, embedded):
-            env = app_environment(settings, os.environ) if embedded is not None else os.environ.copy()
+            env = app_environment(settings, os.environ) if embedded is not None else found_environment(settings, os.environ)
             return run_app(args, env, started)
     except EmbeddedModelError as exc:
         print(f"Could not start the embedded model: {exc}", file=sys.stderr)
         return 1
+
+
+def found_environment(settings, environ) -> dict:
+    """The app's environment for a model server that discovery found: its endpoint and how it was found."""
+    env = dict(environ)
+    env.pop("FOUNDRY_LOCAL_ENDPOINT", None)
+    env.update(ASSISTANT_MODEL_ENDPOINT=settings.model_endpoint, ASSISTANT_DISCOVERY=settings.discovery)
+    return env
 
 
 def app_environment(settings, environ) -> dict:
@@ -52,6 +60,7 @@ def app_environment(settings, environ) -> dict:
         ASSISTANT_LARGE_MODEL=settings.large_model,
         ASSISTANT_EMBEDDED_ACTIVE="true",
         ASSISTANT_CONFIGURED_ENDPOINT=settings.configured_endpoint,
+        ASSISTANT_DISCOVERY=settings.discovery,
     )
     # The 135M model reads prompts at a few hundred tokens/s on a laptop CPU: three sources instead of
     # five keep its first token near three seconds. An explicit setting wins.

@@ -26,13 +26,16 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Protocol, Sequence
 
-from assistant.events import AnswerStarted, Escalated, Notice, PromptBuilt, SourcesFound, Token, TurnFinished
+from assistant.events import (
+    AnswerStarted, Escalated, Notice, PromptBuilt, SourcesFound, Thinking, ThinkingFinished, Token, TurnFinished,
+)
 from assistant.settings import RoutingMode
 from rag.index import asearch_many, fuse_rankings
 from rag.prompt import build_grounded_messages, cited_numbers, neutralise, reference_text_sources
 from rag.tokens import count_tokens
 from rag.types import ScoredChunk
 from routing.client import ModelClient, ModelServerError, Response
+from routing.reasoning import REASONING
 from routing.metrics import LegMetrics, Price, TurnMetrics, prices_from_settings
 from routing.policy import EarlyMonitor, RoutingOptions, assess, refine_reason, token_confidence
 
@@ -300,21 +303,37 @@ class Pipeline:
     async def _answer(
         self, leg: _Leg, messages: list[dict], options: RoutingOptions, monitor, *, logprobs: bool
     ) -> AsyncIterator[object]:
-        """Stream one leg as AnswerStarted + Tokens; record its Response and outcome on ``leg``.
+        """Stream one leg as AnswerStarted + (Thinking... ThinkingFinished)? + Tokens; record its Response and
+        outcome on ``leg``.
 
+        The large role gets its own token budget and the reasoning effort. Thinking is streamed as
+        ``Thinking`` events and kept out of the answer text (and so out of the history, the citation
+        and length checks and the early monitor). An answer cut by its budget gets a warning notice; a
+        leg that spent its whole budget thinking counts as failed, so a cascade keeps the small answer.
         A server failure is recorded (outcome "failed", reason = the client's message), not raised.
         CancelledError propagates; the ``async with`` has closed the stream by then.
         """
+        large = leg.role == "large"
+        budget = options.large_max_tokens if large else options.max_tokens
         stream = self.client.stream(
-            leg.alias, messages, temperature=options.temperature, max_tokens=options.max_tokens, logprobs=logprobs
+            leg.alias, messages, temperature=options.temperature, max_tokens=budget, logprobs=logprobs,
+            reasoning_effort=(options.reasoning_effort or None) if large else None,
         )
         leg.response = stream.response
+        thinking_open = False
         try:
             async with stream:
                 yield AnswerStarted(role=leg.role, alias=leg.alias, model=stream.response.model, purpose=leg.purpose)
-                async for delta in stream:
-                    yield Token(text=delta, role=leg.role)
-                    if monitor is not None and monitor.feed(delta, stream.response.token_logprobs):
+                async for kind, text in stream.parts():
+                    if kind == REASONING:
+                        thinking_open = True
+                        yield Thinking(text=text, role=leg.role)
+                        continue
+                    if thinking_open:
+                        thinking_open = False
+                        yield _thinking_finished(leg, answered=True)
+                    yield Token(text=text, role=leg.role)
+                    if monitor is not None and monitor.feed(text, stream.response.token_logprobs):
                         break  # leaving the async with closes the upstream stream
         except asyncio.CancelledError:
             leg.outcome = "cancelled"
@@ -325,6 +344,22 @@ class Pipeline:
                 leg.response = exc.partial
             if leg.response.error is None:
                 leg.response.error = str(exc)
+        if thinking_open:
+            yield _thinking_finished(leg, answered=False)
+        response = leg.response
+        if leg.outcome != "failed" and response.truncated:
+            if not response.text.strip():
+                leg.outcome = "failed"
+                leg.reason = (f"{response.model} spent its whole budget of {budget} tokens thinking and gave no "
+                              "answer (raise the large model's token budget or lower its reasoning effort)")
+            else:
+                yield Notice("warning", f"The answer of {response.model} was cut off by its budget of {budget} "
+                                        "tokens; it is incomplete.")
+
+
+def _thinking_finished(leg: _Leg, *, answered: bool) -> ThinkingFinished:
+    seconds = leg.response.timings.thinking_s or 0.0
+    return ThinkingFinished(role=leg.role, seconds=seconds, answered=answered)
 
 
 def _confidence(leg: _Leg, options: RoutingOptions) -> float | None:

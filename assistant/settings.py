@@ -23,6 +23,9 @@ class RoutingMode(str, Enum):
     DRAFT_THEN_REFINE = "draft_refine"
 
 
+REASONING_EFFORT_CHOICES = ("", "low", "medium", "high")  # "": send none, the server's default
+
+
 class BM25Backend(str, Enum):
     RANK_BM25 = "rank_bm25"
     BM25S = "bm25s"
@@ -66,6 +69,7 @@ class Settings(BaseSettings):
     )
     embedded_active: bool = Field(default=False, description="Set by the launcher when the embedded model serves.")
     configured_endpoint: str = Field(default="", description="Set by the launcher: the endpoint that did not answer.")
+    discovery: str = Field(default="", description="Set by the launcher: how the model server was found.")
     embedded_threads: int = Field(default=1, ge=1, description="CPU threads for the embedded model.")
     embedded_context: int = Field(default=2048, ge=256, description="Context window of the embedded model.")
 
@@ -73,6 +77,13 @@ class Settings(BaseSettings):
     history_token_budget: int = Field(default=1200, ge=0, description="Tokens of earlier turns sent with a question.")
     temperature: float = Field(default=0.2, ge=0, le=2)
     max_tokens: int = Field(default=512, ge=1, le=32768, description="Largest answer, in tokens.")
+    large_max_tokens: int = Field(
+        default=2048, ge=1, le=32768,
+        description="Token budget of the large model, thinking and answer together (a reasoning model thinks first).",
+    )
+    reasoning_effort: str = Field(
+        default="low", description="How hard the large model thinks: low, medium or high (empty: the server's default)."
+    )
 
     # --- retrieval ----------------------------------------------------------------------------
     knowledge_dir: Path = Field(default=PROJECT_ROOT / "knowledge", description="Folder of shared documents.")
@@ -122,6 +133,14 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         if not value.endswith("/v1"):
             value = value + "/v1"
+        return value
+
+    @field_validator("reasoning_effort")
+    @classmethod
+    def _known_effort(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in REASONING_EFFORT_CHOICES:
+            raise ValueError("must be low, medium, high or empty")
         return value
 
     @model_validator(mode="after")

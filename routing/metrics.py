@@ -49,6 +49,13 @@ class LegMetrics:
     decode_tokens_per_s: float | None
     cost_usd: float
     reason: str | None = None
+    # A reasoning model thinks before it answers: the split of time and tokens between the two.
+    answer_ttft_ms: float | None = None  # request to the first token of the answer itself
+    thinking_ms: float | None = None  # first to last thinking token; None when it did not think
+    reasoning_tokens: int = 0
+    reasoning_estimated: bool = False  # "~": the server did not count them (completion_tokens_details)
+    answer_tokens: int | None = None
+    truncated: bool = False  # cut by its token budget
 
     @classmethod
     def from_response(cls, role: str, response: Response, price: Price, outcome: str, reason: str | None = None):
@@ -67,6 +74,12 @@ class LegMetrics:
             decode_tokens_per_s=response.decode_tokens_per_s,
             cost_usd=price.cost(usage),
             reason=reason,
+            answer_ttft_ms=_ms(response.timings.first_answer_s),
+            thinking_ms=_ms(response.timings.thinking_s),
+            reasoning_tokens=usage.reasoning_tokens,
+            reasoning_estimated=usage.reasoning_estimated,
+            answer_tokens=usage.answer_tokens,
+            truncated=response.truncated,
         )
 
     @classmethod
@@ -112,6 +125,38 @@ class TurnMetrics:
     def generation_ms(self) -> float:
         return sum(leg.generation_ms or 0.0 for leg in self.legs)
 
+    @property
+    def first_answer_ms(self) -> float | None:
+        """Time to the first token of the final answer, from the start of the turn: any escalated draft and
+        the answering model's thinking included."""
+        answering = self.answering_leg
+        if answering is None or answering.answer_ttft_ms is None:
+            return None
+        before = self.legs[: self.legs.index(answering)]
+        return self.retrieval_ms + self.prompt_ms + sum(leg.total_ms or 0.0 for leg in before) + answering.answer_ttft_ms
+
+    @property
+    def thinking_ms(self) -> float | None:
+        spans = [leg.thinking_ms for leg in self.legs if leg.thinking_ms is not None]
+        return sum(spans) if spans else None
+
+    @property
+    def reasoning_tokens(self) -> int:
+        return sum(leg.reasoning_tokens for leg in self.legs)
+
+    @property
+    def reasoning_estimated(self) -> bool:
+        return any(leg.reasoning_estimated for leg in self.legs)
+
+    @property
+    def answer_tokens(self) -> int:
+        return sum(leg.completion_tokens - leg.reasoning_tokens for leg in self.legs)
+
+    @property
+    def truncated(self) -> bool:
+        answering = self.answering_leg
+        return bool(answering and answering.truncated)
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data.update(
@@ -121,6 +166,12 @@ class TurnMetrics:
             tokens_estimated=self.tokens_estimated,
             ttft_ms=self.ttft_ms,
             generation_ms=self.generation_ms,
+            first_answer_ms=self.first_answer_ms,
+            thinking_ms=self.thinking_ms,
+            reasoning_tokens=self.reasoning_tokens,
+            reasoning_estimated=self.reasoning_estimated,
+            answer_tokens=self.answer_tokens,
+            truncated=self.truncated,
         )
         return data
 
@@ -322,6 +373,11 @@ def format_metrics_line(turn: TurnMetrics) -> str:
         parts[0] += f" (escalated: {turn.escalation_reason})"
     if turn.ttft_ms is not None:
         parts.append(f"TTFT {turn.ttft_ms:.0f} ms")
+    if turn.thinking_ms is not None:
+        mark = "~" if turn.reasoning_estimated else ""
+        parts.append(f"thought {turn.thinking_ms / 1000:.1f} s ({mark}{turn.reasoning_tokens} tokens)")
+        if turn.first_answer_ms is not None:
+            parts.append(f"first answer token {turn.first_answer_ms:.0f} ms")
     if leg is not None and leg.decode_tokens_per_s is not None:
         parts.append(f"{leg.decode_tokens_per_s:.1f} tok/s")
     mark = "~" if turn.tokens_estimated else ""

@@ -16,6 +16,11 @@ Signals, each computed from the answer itself:
 * **declined**: the answer opens with a refusal or says the sources do not cover the question
   (``DECLINE_PATTERNS``, English, case- and punctuation-insensitive).
 * **retrieval support**: some source scored at or above ``min_source_score``.
+* **grounding** (from the answer and its sources, for servers that send no logprobs, such as Foundry
+  Local): the answer cites no source although supporting sources were given; it cites a number that
+  was not given; little of its content is found in the sources it cites. See :func:`grounding_signals`.
+  Computed for every answer (the evaluation counts them); they decide only when logprobs are absent,
+  and the reason says so.
 
 How support combines with the rest (a decision, see :func:`assess`): missing support alone never
 escalates - the large model would get the same (empty) sources, so it cannot ground its answer any
@@ -32,7 +37,8 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Iterable, Mapping, Sequence
 
-from assistant.settings import RoutingMode
+from assistant.settings import REASONING_EFFORT_CHOICES, RoutingMode
+from rag.prompt import cited_numbers
 
 # --------------------------------------------------------------------------------------------------
 # Options
@@ -51,6 +57,9 @@ class RoutingOptions:
     early_confidence_floor: float = 0.15
     min_source_score: float = 1.0
     refine_min_chars: int = 600
+    min_grounded_share: float = 0.30  # without logprobs: escalate when less of the answer is in its cited sources
+    large_max_tokens: int = 2048  # the large (reasoning) model's budget: thinking and answer together
+    reasoning_effort: str = "low"  # asked of the large model: low, medium, high; "" sends none
 
     @classmethod
     def from_settings(cls, settings) -> "RoutingOptions":
@@ -65,6 +74,8 @@ class RoutingOptions:
             early_confidence_floor=settings.early_confidence_floor,
             min_source_score=settings.min_source_score,
             refine_min_chars=settings.refine_min_chars,
+            large_max_tokens=settings.large_max_tokens,
+            reasoning_effort=settings.reasoning_effort,
         )
 
     def with_overrides(self, values: Mapping[str, object] | None) -> "RoutingOptions":
@@ -103,6 +114,9 @@ class RoutingOptions:
             ("early_confidence_floor", 0 <= self.early_confidence_floor <= 1),
             ("min_source_score", self.min_source_score >= 0),
             ("refine_min_chars", self.refine_min_chars >= 0),
+            ("min_grounded_share", 0 <= self.min_grounded_share <= 1),
+            ("large_max_tokens", self.large_max_tokens >= 1),
+            ("reasoning_effort", self.reasoning_effort in REASONING_EFFORT_CHOICES),
         ]
         for name, ok in checks:
             if not ok:
@@ -122,6 +136,8 @@ def _convert(key: str, raw: object, current: object) -> object:
             return int(number)
         if isinstance(current, float):
             return float(raw)
+        if isinstance(current, str):
+            return str(raw).strip().lower()
     except (TypeError, ValueError):
         raise ValueError(f"routing option {key}: cannot use {raw!r}") from None
     return raw
@@ -206,6 +222,68 @@ def retrieval_supported(sources: Iterable, min_source_score: float) -> bool:
     return any(getattr(s, "score", 0.0) >= min_source_score for s in sources)
 
 
+# Grounding: is the answer built on the sources it was given?
+NO_CITATION = "no citation"
+UNKNOWN_CITATION = "unknown citation"
+LOW_OVERLAP = "low overlap"
+GROUNDING_SIGNALS = (NO_CITATION, UNKNOWN_CITATION, LOW_OVERLAP)
+
+_WORD = re.compile(r"[a-z0-9]+")
+_COMMON_WORDS = frozenset(
+    "about above after again also because been before being below between both could does doing down during each "
+    "from further have having here into itself more most much must only other over same should some such than "
+    "that their theirs them then there these they this those through under until very were what when where "
+    "which while will with would your yours answer sources source according".split()
+)
+MIN_WORDS_FOR_OVERLAP = 4  # answers with fewer content words are judged by length instead
+
+
+def content_words(text: str) -> list[str]:
+    """Words of four letters or more that carry content, cut to five letters (a crude stem: vacation/vacations)."""
+    return [w[:5] for w in _WORD.findall(text.lower()) if len(w) >= 4 and w not in _COMMON_WORDS]
+
+
+def grounded_share(text: str, cited_texts: Sequence[str]) -> float | None:
+    """The share of the answer's content words found in the texts it cites; None for too few words."""
+    words = content_words(text)
+    if len(words) < MIN_WORDS_FOR_OVERLAP:
+        return None
+    known = set()
+    for cited in cited_texts:
+        known.update(content_words(cited))
+    return sum(w in known for w in words) / len(words)
+
+
+def _source_text(source) -> str:
+    chunk = getattr(source, "chunk", source)
+    return getattr(chunk, "text", "") or ""
+
+
+def grounding_signals(
+    text: str, sources: Sequence, *, supported: bool, min_share: float = 0.30
+) -> dict[str, str]:
+    """Signals computed from the answer and the numbered sources it was given, key -> reason text.
+
+    * ``no citation``: supporting sources were given and the answer cites none of them;
+    * ``unknown citation``: it cites a number outside 1..len(sources);
+    * ``low overlap``: less than ``min_share`` of its content words occur in the sources it cites.
+    """
+    fired: dict[str, str] = {}
+    cited = cited_numbers(text)
+    given = len(sources)
+    if supported and given and not cited:
+        fired[NO_CITATION] = f"cites none of the {given} sources given"
+    unknown = [n for n in cited if not 1 <= n <= given]
+    if unknown:
+        fired[UNKNOWN_CITATION] = "cites " + ", ".join(f"[{n}]" for n in unknown) + f" but {given} sources were given"
+    valid = [n for n in cited if 1 <= n <= given]
+    if valid:
+        share = grounded_share(text, [_source_text(sources[n - 1]) for n in valid])
+        if share is not None and share < min_share:
+            fired[LOW_OVERLAP] = f"only {share:.0%} of its words are in the sources it cites"
+    return fired
+
+
 # --------------------------------------------------------------------------------------------------
 # The verdict on a finished answer
 # --------------------------------------------------------------------------------------------------
@@ -219,6 +297,8 @@ class Assessment:
     confidence_available: bool = False
     declined: bool = False
     supported: bool = True
+    grounding: dict[str, str] = field(default_factory=dict)  # grounding signals that fired (key -> reason)
+    grounding_decided: bool = False  # logprobs were absent, so the grounding signals counted
 
     @property
     def reason(self) -> str | None:
@@ -244,6 +324,9 @@ def assess(
         supported = retrieval_supported(sources, options.min_source_score)
     declined = looks_declined(text)
     chars = len(text.strip())
+    grounding = grounding_signals(text, sources, supported=supported, min_share=options.min_grounded_share)
+    # Without logprobs the grounding signals stand in for confidence, on answers long enough to judge.
+    grounding_decides = confidence is None and not declined and chars >= options.min_answer_chars
 
     reasons: list[str] = []
     if declined and not supported:
@@ -257,6 +340,8 @@ def assess(
             reasons.append(f"answer {chars} chars < {options.min_answer_chars}")
         if confidence is not None and confidence < options.confidence_threshold:
             reasons.append(f"confidence {confidence:.2f} < {options.confidence_threshold:.2f}")
+        if grounding_decides:
+            reasons.extend(f"no logprobs, so checked against its sources: {why}" for why in grounding.values())
         if reasons and not supported:
             reasons.append(f"no source above score {options.min_source_score:g}")
     return Assessment(
@@ -266,6 +351,8 @@ def assess(
         confidence_available=confidence is not None,
         declined=declined,
         supported=supported,
+        grounding=grounding,
+        grounding_decided=grounding_decides and not (declined and not supported),
     )
 
 
