@@ -171,28 +171,6 @@ def looks_binary(data: bytes) -> bool:
     return control > 0.05 * len(sample)
 
 
-def _text_sections(text: str, kind: str) -> list[Section]:
-    if kind == "rst":
-        return split_rst_sections(text)
-    if kind == "markdown":
-        return split_markdown_sections(text)
-    return [Section("", text.strip())] if text.strip() else []
-
-
-_HEADING_LINE = re.compile(r"^ {0,3}#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
-
-
-def _first_heading(sections: list[Section]) -> str:
-    """The document's first heading (a heading merged into the section below it still counts)."""
-    first = next((section for section in sections if section.heading), None)
-    if first is None:
-        return ""
-    match = _HEADING_LINE.match(first.text)
-    if match:
-        return match.group(1).strip()
-    return next((line.strip() for line in first.text.splitlines() if re.search(r"\w", line)), first.heading)
-
-
 _HTML_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9:-]*)([^<>]*)>|<!--")
 _HTML_RAW_TEXT_TAGS = frozenset({"script", "style", "textarea", "title", "xmp", "plaintext"})
 # Elements that never have content, or whose end tag is optional (a parser closes them at the next sibling).
@@ -246,12 +224,32 @@ def check_html_depth(text: str, name: str, limits: LoadLimits = DEFAULT_LIMITS) 
         raise LoadError(f"{name} nests its HTML elements more than {limits.max_html_depth} deep; it cannot be read safely.")
 
 
-def load_html(data: bytes, name: str, limits: LoadLimits = DEFAULT_LIMITS) -> tuple[str, list[Section]]:
+def _text_sections(text: str, kind: str) -> list[Section]:
+    if kind == "rst":
+        return split_rst_sections(text)
+    if kind == "markdown":
+        return split_markdown_sections(text)
+    return [Section("", text.strip())] if text.strip() else []
+
+
+_HEADING_LINE = re.compile(r"^ {0,3}#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
+
+
+def _first_heading(sections: list[Section]) -> str:
+    """The document's first heading (a heading merged into the section below it still counts)."""
+    first = next((section for section in sections if section.heading), None)
+    if first is None:
+        return ""
+    match = _HEADING_LINE.match(first.text)
+    if match:
+        return match.group(1).strip()
+    return next((line.strip() for line in first.text.splitlines() if re.search(r"\w", line)), first.heading)
+
+
+def load_html(data: bytes, name: str) -> tuple[str, list[Section]]:
     from bs4 import BeautifulSoup
 
-    text = decode_text(data, name)
-    check_html_depth(text, name, limits)
-    soup = BeautifulSoup(text, "html.parser")
+    soup = BeautifulSoup(decode_text(data, name), "html.parser")
     page_title = soup.title.get_text(" ", strip=True) if soup.title else ""
     for hidden in soup(["script", "style", "noscript", "template", "head"]):
         hidden.decompose()
@@ -511,7 +509,13 @@ def load_bytes(data: bytes, name: str, source: str | None = None, limits: LoadLi
         check_text_size(len(text), name, limits)
         sections = _text_sections(text, TEXT_SUFFIXES[suffix])
     elif suffix in (".html", ".htm"):
-        page_title, sections = load_html(data, name, limits)
+        check_html_depth(decode_text(data, name), name, limits)  # before any tree is built
+        try:
+            page_title, sections = load_html(data, name)
+        except (LoadError, MemoryError):
+            raise
+        except Exception as exc:  # the HTML parser's own errors (selectolax's, for one, when memory runs out)
+            raise LoadError(f"{name} could not be read as HTML ({type(exc).__name__}: {exc}).") from None
     elif suffix == ".pdf":
         sections = load_pdf(data, name, limits)
         page_count = max(section.page or 0 for section in sections)

@@ -53,10 +53,10 @@ def test_cpu_limit_stops_a_costly_file(make_parser, tmp_path):
 
 def test_memory_limit_stops_a_file_that_needs_too_much(make_parser, tmp_path):
     path = tmp_path / "upload"
-    path.write_bytes(b"<a " * 1_000_000)  # html.parser builds one tag with a million attributes
+    path.write_bytes(b"[" + b"0," * 8_000_000 + b"0]")  # 16 MB of JSON: a list of 8M items takes over 64 MB
     with pytest.raises(ParseRefused) as refusal:
-        make_parser(memory_mb=64).parse_blocking(path, "tags.html")
-    assert "tags.html needed more than 64 MB of memory" in str(refusal.value)
+        make_parser(memory_mb=48).parse_blocking(path, "numbers.json")
+    assert "numbers.json needed more than 48 MB of memory" in str(refusal.value)
     assert refusal.value.stats.outcome == "memory limit"
 
 
