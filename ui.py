@@ -6,9 +6,9 @@ import re
 
 import chainlit as cl
 
-from assistant.events import SourcesFound, TurnFinished
+from assistant.events import SourcesFound
+from assistant.record import APP_MARK, TurnRecord
 from rag.types import ScoredChunk
-from routing.metrics import TurnMetrics
 
 ANSWER_FOOTER = "\n\n---\n"
 SNIPPET_CHARS = 160
@@ -78,32 +78,50 @@ async def show_retrieval(event: SourcesFound, min_score: float) -> None:
         step.output = "\n".join(rows)
 
 
-def source_elements(finished: TurnFinished) -> tuple[str, list[cl.Text]]:
-    """The 'Sources' footer line and one side-panel element per cited source (all used sources if none cited)."""
-    if not finished.sources_used:
+def source_elements(record: TurnRecord) -> tuple[str, list[cl.Text]]:
+    """The 'Sources' footer lines and one side-panel element per cited source (all given sources if none is cited).
+
+    Sources the model cited come first; then those the app attributed to uncited sentences (marked †);
+    numbers that point at no source are named apart and linked to nothing.
+    """
+    if not record.sources:
         return "", []
-    numbers = [n for n in finished.cited if 1 <= n <= len(finished.sources_used)]
-    if not numbers:
-        numbers = list(range(1, len(finished.sources_used) + 1))
-    elements, labels = [], []
-    for number in numbers:
-        scored = finished.sources_used[number - 1]
+    cited = record.cited_sources()
+    shown = cited or [(n, s, "given") for n, s in enumerate(record.sources, start=1)]
+    elements, labels = [], {"model": [], "app": [], "given": []}
+    for number, scored, by in shown:
         label = source_label(number, scored)
-        labels.append(label)
+        labels[by].append(label + (APP_MARK if by == "app" else ""))
         heading = (f"**{md_text(scored.chunk.title)}** — {md_text(scored.chunk.location)} "
                    f"(chunk {scored.chunk.position + 1}, score {scored.score:.2f})")
         elements.append(cl.Text(name=label, content=f"{heading}\n\n{md_defused(scored.chunk.text)}", display="side"))
-    title = "Cited sources" if finished.cited else "Sources given to the model (none cited)"
-    return f"{title}: " + ", ".join(labels), elements
+    lines = []
+    if labels["model"]:
+        lines.append("Cited sources: " + ", ".join(labels["model"]))
+    if labels["app"]:
+        lines.append(f"Attributed by the app ({APP_MARK}: the model did not cite it; the sentence's words are in it): "
+                     + ", ".join(labels["app"]))
+    if labels["given"]:
+        lines.append("Sources given to the model (none cited): " + ", ".join(labels["given"]))
+    if record.dangling:
+        lines.append("Citations that point at no source: " + ", ".join(f"[{n}]" for n in record.dangling))
+    return "\n\n".join(lines), elements
 
 
-def metrics_props(metrics: TurnMetrics, session_cost_usd: float) -> dict:
-    props = metrics.to_dict()
-    final_leg = metrics.legs[-1] if metrics.legs else None
-    props["decode_tokens_per_s"] = final_leg.decode_tokens_per_s if final_leg else None
+def routing_line(record: TurnRecord) -> str:
+    """What the router did, when there is more to say than "the small model answered"."""
+    decision = record.routing
+    if decision.action == "answered" and decision.mode != "draft_refine":
+        return ""
+    return f"*Routing: {decision.describe()}*"
+
+
+def metrics_props(record: TurnRecord, session_cost_usd: float) -> dict:
+    props = record.metrics.to_dict()
+    props.update(record.summary.to_dict())  # the answering leg's rate, not the last leg's
     props["session_cost_usd"] = session_cost_usd
     return props
 
 
-def metrics_element(metrics: TurnMetrics, session_cost_usd: float) -> cl.CustomElement:
-    return cl.CustomElement(name="MetricsBar", props=metrics_props(metrics, session_cost_usd), display="inline")
+def metrics_element(record: TurnRecord, session_cost_usd: float) -> cl.CustomElement:
+    return cl.CustomElement(name="MetricsBar", props=metrics_props(record, session_cost_usd), display="inline")

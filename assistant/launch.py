@@ -15,7 +15,8 @@ import sys
 import time
 
 from assistant.embedded import EMBEDDED_TOP_K, EmbeddedModelError, served_settings, stop_process
-from assistant.settings import PROJECT_ROOT, SettingsError, load_settings
+from assistant.settings import PROJECT_ROOT
+from assistant.wiring import settings_for_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,10 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(exc, file=sys.stderr)
+    settings = settings_for_command()
+    if settings is None:
         return 2
 
     data_dir = settings.data_dir

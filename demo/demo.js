@@ -428,12 +428,15 @@
       svg.appendChild(group);
     });
 
-    const finished = items.filter((r) => r.result === "done");
+    // Both medians over the same requests (those with a first token and an end), so the median first
+    // token can never exceed the median total.
+    const timed = items.filter((r) => r.ttft !== null && r.total !== null);
     const summary = $(`summary-${role}`);
     summary.textContent = items.length
-      ? `median first token ${fmtMs(median(items.map((r) => r.ttft)))}` +
-        (finished.length ? ` · median total ${fmtMs(median(finished.map((r) => r.total)))}` : "") +
-        ` · ${items.length} request${items.length > 1 ? "s" : ""}`
+      ? (timed.length
+          ? `median first token ${fmtMs(median(timed.map((r) => r.ttft)))}` +
+            ` · median total ${fmtMs(median(timed.map((r) => r.total)))} · `
+          : "") + `${items.length} request${items.length > 1 ? "s" : ""}`
       : "";
   }
 

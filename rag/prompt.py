@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, replace
 
 from rag.chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP, chunk_text
+from rag.citations import citation_numbers as cited_numbers  # noqa: F401  (one citation syntax, rag.citations)
 from rag.tokens import TOKENS_PER_MESSAGE, count_message_tokens, count_tokens, decode, encode
 from rag.types import Chunk, ScoredChunk
 
@@ -48,7 +49,6 @@ _CONTROL_TEXT = re.compile(
     re.IGNORECASE,
 )
 _DEFUSED_BRACKETS = str.maketrans({"<": "\u2039", ">": "\u203a", "[": "(", "]": ")", "\uff5c": "|"})
-_CITATION = re.compile(r"\[(\s*\d+(?:\s*[,;]\s*\d+)*\s*)\]")
 _MIN_TRUNCATED_SOURCE_TOKENS = 48
 _MIN_OVERLAP_CHARS = 20
 
@@ -240,17 +240,6 @@ def build_grounded_messages(
     turns = _trim_history(turns, max(0, budget - count_message_tokens([system, user])))
     messages = [system, *turns, user]
     return GroundedPrompt(messages=messages, sources_used=used, prompt_tokens=count_message_tokens(messages))
-
-
-def cited_numbers(text: str) -> list[int]:
-    """The source numbers cited as [n] or [n, m] in ``text``, in order of first appearance."""
-    numbers: list[int] = []
-    for match in _CITATION.finditer(text or ""):
-        for part in re.split(r"[,;]", match.group(1)):
-            number = int(part)
-            if number not in numbers:
-                numbers.append(number)
-    return numbers
 
 
 def reference_text_sources(

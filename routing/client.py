@@ -524,7 +524,7 @@ class ChatStream:
             waiting_for_first = timings.first_token is None
             timeout = self._first_token_wait_left() if waiting_for_first else self._client.stream_idle_timeout_s
             try:
-                chunk = await asyncio.wait_for(iterator.__anext__(), timeout=timeout)
+                chunk = await _next_within(iterator, timeout)
             except StopAsyncIteration:
                 break
             except (asyncio.TimeoutError, httpx.TimeoutException) as exc:
@@ -660,3 +660,13 @@ def _as_model_error(exc: Exception, endpoint: str, partial: Response | None = No
             f"The model server at {endpoint} answered HTTP {exc.status_code}: {exc.message}", partial=partial
         )
     return ModelServerError(str(exc), partial=partial)
+
+
+async def _next_within(iterator, timeout: float):
+    """``iterator.__anext__()`` with a time limit. Before Python 3.12, ``asyncio.wait_for`` returns the result
+    and drops a cancellation that arrives as the result does (measured: the Stop button lost about one press
+    in two against a fast stream); ``asyncio.timeout`` (3.11+) keeps it."""
+    if hasattr(asyncio, "timeout"):
+        async with asyncio.timeout(timeout):
+            return await iterator.__anext__()
+    return await asyncio.wait_for(iterator.__anext__(), timeout=timeout)

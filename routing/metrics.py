@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+import numpy as np
+
 from routing.client import Response, Usage
-from routing.policy import quantile
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,33 @@ class TurnMetrics:
         turn.legs = [LegMetrics.from_dict(leg) for leg in data.get("legs") or []]
         return turn
 
+    def summary(self) -> "MetricsSummary":
+        """The turn's numbers as every front end shows them: rates and timings of the answering leg."""
+        leg = self.answering_leg
+        return MetricsSummary(
+            answered_by=self.answered_by,
+            answered_role=leg.role if leg else None,
+            escalation_reason=self.escalation_reason,
+            confidence=self.confidence,
+            ttft_ms=self.ttft_ms,
+            total_ms=self.total_ms,
+            retrieval_ms=self.retrieval_ms,
+            prompt_ms=self.prompt_ms,
+            model_ttft_ms=leg.ttft_ms if leg else None,
+            generation_ms=leg.generation_ms if leg else None,
+            decode_tokens_per_s=leg.decode_tokens_per_s if leg else None,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            tokens_estimated=self.tokens_estimated,
+            cost_usd=self.cost_usd,
+            calls=len(self.legs),
+            thinking_ms=self.thinking_ms,
+            first_answer_ms=self.first_answer_ms,
+            reasoning_tokens=self.reasoning_tokens,
+            reasoning_estimated=self.reasoning_estimated,
+            truncated=self.truncated,
+        )
+
     @property
     def answering_leg(self) -> LegMetrics | None:
         """The leg whose text the user got: the last one that answered, else the last one of the answering model."""
@@ -195,14 +223,46 @@ class TurnMetrics:
         return None
 
 
+@dataclass
+class MetricsSummary:
+    """One turn in figures. Rates and the model's own timings are the answering leg's (not the last leg's:
+    when the large model fails and the small answer is kept, these are the small model's); tokens and cost
+    add up every leg; ``ttft_ms`` is from the start of the turn to the first token the user saw."""
+
+    answered_by: str | None
+    answered_role: str | None
+    escalation_reason: str | None
+    confidence: float | None
+    ttft_ms: float | None
+    total_ms: float
+    retrieval_ms: float
+    prompt_ms: float
+    model_ttft_ms: float | None  # the answering call's own time to first token
+    generation_ms: float | None
+    decode_tokens_per_s: float | None
+    prompt_tokens: int
+    completion_tokens: int
+    tokens_estimated: bool
+    cost_usd: float
+    calls: int
+    thinking_ms: float | None = None  # a reasoning model's thinking, every leg
+    first_answer_ms: float | None = None  # turn start to the answer's own first token (thinking included)
+    reasoning_tokens: int = 0
+    reasoning_estimated: bool = False
+    truncated: bool = False  # the answer was cut by its token budget
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 # --------------------------------------------------------------------------------------------------
 # A conversation's metrics: running cost, per-model statistics, a latency chart
 # --------------------------------------------------------------------------------------------------
 
 
 def percentile(values: list[float], q: float) -> float | None:
-    """The q-th percentile (0-100), interpolated as numpy does by default; None for no values."""
-    return quantile(values, q / 100.0) if values else None
+    """The q-th percentile (0-100), numpy's linear interpolation; None for no values."""
+    return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else None
 
 
 def mean(values: list[float | None]) -> float | None:
@@ -367,21 +427,21 @@ def latency_figure(session: SessionMetrics):
 
 def format_metrics_line(turn: TurnMetrics) -> str:
     """A compact one-line summary: model, TTFT, decode rate, tokens ("~" when estimated), simulated cost."""
-    leg = turn.answering_leg
-    parts = [turn.answered_by or NO_ANSWER]
-    if turn.escalation_reason:
-        parts[0] += f" (escalated: {turn.escalation_reason})"
-    if turn.ttft_ms is not None:
-        parts.append(f"TTFT {turn.ttft_ms:.0f} ms")
-    if turn.thinking_ms is not None:
-        mark = "~" if turn.reasoning_estimated else ""
-        parts.append(f"thought {turn.thinking_ms / 1000:.1f} s ({mark}{turn.reasoning_tokens} tokens)")
-        if turn.first_answer_ms is not None:
-            parts.append(f"first answer token {turn.first_answer_ms:.0f} ms")
-    if leg is not None and leg.decode_tokens_per_s is not None:
-        parts.append(f"{leg.decode_tokens_per_s:.1f} tok/s")
-    mark = "~" if turn.tokens_estimated else ""
-    parts.append(f"{mark}{turn.prompt_tokens} in / {mark}{turn.completion_tokens} out tokens")
-    parts.append(f"{turn.total_ms / 1000:.2f} s")
-    parts.append(f"sim. ${turn.cost_usd:.6f}")
+    summary = turn.summary()
+    parts = [summary.answered_by or NO_ANSWER]
+    if summary.escalation_reason:
+        parts[0] += f" (escalated: {summary.escalation_reason})"
+    if summary.ttft_ms is not None:
+        parts.append(f"TTFT {summary.ttft_ms:.0f} ms")
+    if summary.thinking_ms is not None:
+        mark = "~" if summary.reasoning_estimated else ""
+        parts.append(f"thought {summary.thinking_ms / 1000:.1f} s ({mark}{summary.reasoning_tokens} tokens)")
+        if summary.first_answer_ms is not None:
+            parts.append(f"first answer token {summary.first_answer_ms:.0f} ms")
+    if summary.decode_tokens_per_s is not None:
+        parts.append(f"{summary.decode_tokens_per_s:.1f} tok/s")
+    mark = "~" if summary.tokens_estimated else ""
+    parts.append(f"{mark}{summary.prompt_tokens} in / {mark}{summary.completion_tokens} out tokens")
+    parts.append(f"{summary.total_ms / 1000:.2f} s")
+    parts.append(f"sim. ${summary.cost_usd:.6f}")
     return " · ".join(parts)

@@ -72,8 +72,8 @@ async def test_escalation_without_logprobs_then_the_reasoning_model_thinks_apart
     assert not any(isinstance(e, Thinking) for e in large_events[first_token:])
 
     # Only the answer is the answer: no thinking, no markers.
-    finished = events[-1]
-    assert isinstance(finished, TurnFinished)
+    assert isinstance(events[-1], TurnFinished)
+    finished = events[-1].record
     assert finished.text == ANSWER_TEXT == "".join(e.text for e in of(large_events, Token))
     assert finished.answered_by == dialect.large_id and finished.cited == [1]
     assert not of(events, Notice)
@@ -97,8 +97,8 @@ async def test_escalation_without_logprobs_then_the_reasoning_model_thinks_apart
 async def test_a_cited_grounded_answer_stays_with_the_small_model_without_logprobs(dialect):
     events, requests = await run_turn(dialect, small_script(dialect, CITED), dialect.large)
     assert not of(events, Escalated)
-    assert events[-1].text == CITED and len(requests) == 1
-    assert events[-1].metrics.confidence is None
+    assert events[-1].record.text == CITED and len(requests) == 1
+    assert events[-1].record.metrics.confidence is None
 
 
 async def test_a_citation_of_a_source_that_was_not_given_escalates():
@@ -110,7 +110,7 @@ async def test_a_citation_of_a_source_that_was_not_given_escalates():
 @pytest.mark.parametrize("dialect", [by_name("Foundry"), by_name("Harmony inline")], ids=["field", "inline"])
 async def test_large_model_out_of_budget_while_thinking_keeps_the_small_answer(dialect):
     events, _ = await run_turn(dialect, small_script(dialect, UNCITED), truncated(dialect.large))
-    finished = events[-1]
+    finished = events[-1].record
     assert of(events, ThinkingFinished)[0].answered is False
     assert finished.text == UNCITED  # the small answer is kept
     warning = [n for n in of(events, Notice) if n.level == "warning"][0]
@@ -125,8 +125,8 @@ async def test_large_only_answer_cut_by_its_budget_gets_a_notice():
     events, requests = await run_turn(dialect, None, cut, mode="large", large_max_tokens=300)
     notice = of(events, Notice)[0]
     assert notice.level == "warning" and "cut off by its budget of 300 tokens" in notice.message
-    assert events[-1].text == "Every employee gets 25 days of paid"
-    assert events[-1].metrics.truncated
+    assert events[-1].record.text == "Every employee gets 25 days of paid"
+    assert events[-1].record.metrics.truncated
     assert requests[0].body["max_tokens"] == 300
 
 
@@ -135,7 +135,7 @@ async def test_large_only_with_no_answer_after_thinking_is_an_error_that_says_wh
     events, _ = await run_turn(dialect, None, truncated(dialect.large), mode="large")
     errors = [n for n in of(events, Notice) if n.level == "error"]
     assert errors and "gave no answer" in errors[0].message
-    assert events[-1].text == ""
+    assert events[-1].record.text == ""
 
 
 async def test_reasoning_effort_setting_reaches_the_large_model_only():

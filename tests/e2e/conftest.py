@@ -4,115 +4,19 @@ and Debian's chromium driven by Playwright."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
-import httpx
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from assistant.embedded import EmbeddedModelServer, default_model_path, free_port, stop_process
-
-PROJECT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-
-
-@dataclass
-class AppServer:
-    root: Path
-    model_endpoint: str
-    small_model: str
-    large_model: str
-    extra_env: dict = field(default_factory=dict)
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def knowledge_dir(self) -> Path:
-        return self.root / "knowledge"
-
-    @property
-    def data_dir(self) -> Path:
-        return self.root / "data"
-
-    def env(self) -> dict:
-        env = os.environ.copy()
-        for name in list(env):
-            if name.startswith("ASSISTANT_") or name in ("FOUNDRY_LOCAL_ENDPOINT", "DATABASE_URL"):
-                env.pop(name)
-        env.update(
-            CHAINLIT_APP_ROOT=str(self.root),
-            ASSISTANT_MODEL_ENDPOINT=self.model_endpoint,
-            ASSISTANT_SMALL_MODEL=self.small_model,
-            ASSISTANT_LARGE_MODEL=self.large_model,
-            ASSISTANT_KNOWLEDGE_DIR=str(self.knowledge_dir),
-            ASSISTANT_DATA_DIR=str(self.data_dir),
-            ASSISTANT_CACHE_DIR=str(self.root / "cache"),
-            ASSISTANT_MAX_TOKENS="96",
-            ASSISTANT_TEMPERATURE="0",
-            # A loaded 2-core machine can take minutes to read a prompt; the limit itself is tested elsewhere.
-            ASSISTANT_FIRST_TOKEN_TIMEOUT_S="600",
-            PYTHONUNBUFFERED="1",
-        )
-        env.update(self.extra_env)
-        return env
-
-    def start(self, timeout_s: float = 60) -> "AppServer":
-        log = open(self.root / "chainlit.log", "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "chainlit", "run", str(PROJECT / "app.py"), "--headless",
-             "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=self.root, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"Chainlit exited: {(self.root / 'chainlit.log').read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("Chainlit did not become healthy in time")
-
-    def stop(self) -> None:
-        stop_process(self.process)
-
-    def restart(self) -> "AppServer":
-        self.stop()
-        return self.start()
-
-    def log_tail(self, chars: int = 4000) -> str:
-        return (self.root / "chainlit.log").read_text(errors="replace")[-chars:]
-
-
-def make_app_root(root: Path) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / ".chainlit").mkdir(exist_ok=True)
-    shutil.copy(PROJECT / ".chainlit" / "config.toml", root / ".chainlit" / "config.toml")
-    shutil.copytree(PROJECT / "public", root / "public", dirs_exist_ok=True)
-    shutil.copy(PROJECT / "chainlit.md", root / "chainlit.md")
-    shutil.copytree(PROJECT / "knowledge", root / "knowledge", dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("uploads"))
-    return root
+from assistant.embedded import EmbeddedModelServer, default_model_path
+from benchmarks.harness import ASSISTANT, CHROMIUM, CHROMIUM_ARGS, PROJECT, USER_MESSAGE, AppServer, make_app_root
 
 
 @pytest.fixture(scope="session")
+
+
 def embedded_model(tmp_path_factory):
     server = EmbeddedModelServer(default_model_path(), log_path=tmp_path_factory.mktemp("llama") / "llama.log")
     server.start()
@@ -121,6 +25,8 @@ def embedded_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+
+
 def app_server(embedded_model, tmp_path_factory):
     root = make_app_root(tmp_path_factory.mktemp("app-root"))
     server = AppServer(root, embedded_model.base_url, embedded_model.small_name, embedded_model.large_name)
@@ -130,6 +36,8 @@ def app_server(embedded_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+
+
 def browser():
     from playwright.sync_api import sync_playwright
 
@@ -140,6 +48,8 @@ def browser():
 
 
 @pytest.fixture
+
+
 def page(browser):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
@@ -195,7 +105,6 @@ class SocketEvents:
                                      f"{self.names[-12:]}; page: {self.page.locator('body').inner_text()[-1500:]}")
             self.page.wait_for_timeout(50)  # lets Playwright deliver the frames
 
-
 socket_events: dict[int, SocketEvents] = {}  # id(page) -> its watcher
 turn_started_at: dict[int, int] = {}  # id(page) -> index in its events of the last question's task_start
 
@@ -250,8 +159,6 @@ def ask(page, question: str) -> None:
     raise AssertionError(f"could not send {question!r}; socket events: {events.names[-12:]}; screenshot: {shot}")
 
 
-ASSISTANT = '[data-step-type="assistant_message"]'
-USER_MESSAGE = '[data-step-type="user_message"]'
 LAST_MESSAGE_IS_AN_ANSWER = f"""() => {{
     const users = document.querySelectorAll('{USER_MESSAGE}');
     const answers = document.querySelectorAll('{ASSISTANT}');
