@@ -1,5 +1,5 @@
 """What hostile uploads cost: CPU seconds, peak memory and wall time of the parser process for the worst files of
-the hostile corpus (tests/fixtures/hostile.py), and another user's search latency while six of them parse.
+the hostile corpus (benchmarks/hostile_files.py), and another user's search latency while six of them parse.
 
     python -m benchmarks.hostile_uploads [--all] [--uploads 6] [--searches 200]
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from assistant.ingest import IngestLimits, ParseRefused, UploadParser
 from rag.documents import DocumentSet, clean_display_name
-from tests.fixtures.hostile import hostile_files
+from benchmarks.hostile_files import hostile_files
 
 
 def measure_files(parser: UploadParser, folder: Path, files) -> list[dict]:

@@ -13,7 +13,7 @@ import pytest
 from assistant.ingest import IngestLimits, ParseRefused, UploadParser
 from rag.documents import clean_display_name
 from tests.fixtures.documents import docx_bytes, pdf_bytes
-from tests.fixtures.hostile import hostile_files, pdf_pages_sharing, text_content
+from benchmarks.hostile_files import hostile_files, pdf_pages_sharing, text_content
 
 # What a parse may end in; anything else ("error": a loader raised something it should not; "signal N": the
 # parser crashed; "no answer") is a defect.

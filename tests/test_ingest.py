@@ -12,7 +12,7 @@ import pytest
 from assistant.ingest import IngestLimits, ParseRefused, UploadParser
 from rag.loaders import document_chunks, load_bytes
 from tests.fixtures.documents import pdf_bytes
-from tests.fixtures.hostile import pdf_with_contents
+from benchmarks.hostile_files import pdf_with_contents
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 
 from rag.loaders import LoadError, LoadLimits, check_zip, decode_text, html_nesting_depth, load_bytes
 from tests.fixtures.documents import docx_bytes
-from tests.fixtures.hostile import pdf_pages_sharing, text_content, zip_bytes, zip_with_large_member
+from benchmarks.hostile_files import pdf_pages_sharing, text_content, zip_bytes, zip_with_large_member
 
 
 def refusal(data: bytes, name: str, limits: LoadLimits = LoadLimits()) -> str:

@@ -6,7 +6,7 @@ import pytest
 
 from tests.e2e.conftest import AppServer, ask, make_app_root, open_chat, wait_for_answer
 from tests.fixtures.documents import encrypted_pdf_bytes, pdf_bytes
-from tests.fixtures.hostile import hostile_files
+from benchmarks.hostile_files import hostile_files
 
 pytestmark = pytest.mark.e2e
 
