@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import chainlit as cl
+from chainlit.data import get_data_layer
 from chainlit.input_widget import Select, Slider
 from chainlit.server import app as fastapi_app
 from fastapi.responses import FileResponse, Response as HTTPResponse
@@ -19,7 +20,7 @@ from assistant.conversations import HISTORY_KEY, METRICS_KEY, ConversationStore,
 from assistant.demo import install_demo_routes
 from assistant.ingest import UploadParser
 from assistant.page import OfflinePage
-from assistant.events import AnswerStarted, Escalated, SourcesFound, Thinking, ThinkingFinished, Token, TurnFinished
+from assistant.events import AnswerStarted, Escalated, Queued, SourcesFound, Thinking, ThinkingFinished, Token, TurnFinished
 from assistant import wiring
 from assistant.record import TurnRecord
 from assistant.settings import RoutingMode, SettingsError, load_settings
@@ -28,7 +29,8 @@ from assistant.uploads import UploadError, check_upload, install_upload_checks, 
 from rag.documents import DocumentSet, clean_display_name
 from rag.citations import strip_citations
 from rag.loaders import LoadError
-from routing.client import ModelServerError
+from rag.progress import TerminalProgress, progress_message
+from routing.client import ModelNotFound, explain_alias
 from routing.metrics import SessionMetrics, latency_figure, summary_rows
 from routing.policy import RoutingOptions
 import ui
@@ -75,16 +77,26 @@ MODE_LABELS = {
 # ------------------------------------------------------------------------------------------------
 
 
+def load_knowledge() -> None:
+    """Once per process: load the cached index (or index the folder, with a progress bar), then watch it."""
+    report = knowledge.refresh(progress=TerminalProgress())
+    log.info("knowledge: %s", report.summary())
+    knowledge.start_watching()
+
+
 @cl.on_app_startup
 async def startup() -> None:
     await ensure_schema(settings.sqlalchemy_url)
     await asyncio.to_thread(upload_parser.start)
-    report = await asyncio.to_thread(knowledge.refresh)
-    log.info("knowledge: %s", report)
+    # Learn the served models now, so that no welcome waits for them (see ModelClient.server_health).
+    await client.server_health(wait_s=0)
+    # In the background: a large folder's first indexing must not hold up the server; chats show its progress.
+    asyncio.get_running_loop().run_in_executor(None, load_knowledge)
 
 
 @cl.on_app_shutdown
 async def shutdown() -> None:
+    knowledge.stop_watching()
     await client.close()
     upload_parser.close()
 
@@ -163,21 +175,25 @@ def documents() -> DocumentSet:
     return documents_by_thread[tid]
 
 
-def new_document_set() -> DocumentSet:
+def new_document_set(tid: str) -> DocumentSet:
+    """A conversation's uploads: its own scope of the knowledge base's one index."""
     return DocumentSet(
         backend=settings.bm25_backend.value,
         chunk_tokens=settings.chunk_tokens,
         chunk_overlap=settings.chunk_overlap,
+        collection=knowledge.collection,
+        scope=tid,
     )
 
 
 def document_set_from(tid: str, stored: dict | None) -> DocumentSet:
     if stored:
         try:
-            return DocumentSet.from_state(stored, backend=settings.bm25_backend.value)
+            return DocumentSet.from_state(stored, backend=settings.bm25_backend.value,
+                                          collection=knowledge.collection, scope=tid)
         except Exception as exc:  # a damaged state file must not stop the conversation
             log.warning("could not restore uploads of %s: %s", tid, exc)
-    return new_document_set()
+    return new_document_set(tid)
 
 
 async def load_documents(tid: str, state: dict) -> None:
@@ -186,7 +202,7 @@ async def load_documents(tid: str, state: dict) -> None:
 
 
 def knowledge_sources() -> list[str]:
-    return sorted({chunk.source for chunk in knowledge.chunks})
+    return knowledge.sources()
 
 
 async def save_documents() -> None:
@@ -235,15 +251,26 @@ def routing_options() -> RoutingOptions:
 
 
 async def model_status() -> str:
+    """The roles' served models from what the client knows: a welcome never waits for the model server
+    (llama.cpp answers its model list only between generations)."""
+    health = await client.server_health()
     lines = []
     for role, alias in (("small", settings.small_model), ("large", settings.large_model)):
-        try:
-            served = await client.resolve(alias, refresh=True)
-            lines.append(f"- {role}: `{served}`" + (f" (alias `{alias}`)" if served != alias else ""))
-            if client.resolutions.get(alias) and client.resolutions[alias].note:
-                lines[-1] += f" — {client.resolutions[alias].note}"
-        except ModelServerError as exc:
-            lines.append(f"- {role}: `{alias}` — **not available**: {exc}")
+        if health.models is not None:
+            try:
+                resolution = explain_alias(alias, health.models)
+                served = resolution.model
+                lines.append(f"- {role}: `{served}`" + (f" (alias `{alias}`)" if served != alias else ""))
+                if resolution.note:
+                    lines[-1] += f" — {resolution.note}"
+            except ModelNotFound as exc:  # says what is served instead
+                lines.append(f"- {role}: `{alias}` — **not available**: {exc}")
+        elif health.error is not None:
+            lines.append(f"- {role}: `{alias}` — **not available**: {health.error}")
+        else:
+            lines.append(f"- {role}: `{alias}` (checking the model server…)")
+    if health.models is not None and health.error is not None:
+        lines.append(f"- last check failed: {health.error}")
     return "\n".join(lines)
 
 
@@ -282,10 +309,25 @@ async def welcome(values: dict, resumed: bool = False) -> None:
 @cl.on_chat_start
 async def on_chat_start() -> None:
     log.info("new conversation %s", thread_id())
-    await asyncio.to_thread(knowledge.refresh)
     values = await send_chat_settings({})
     await conversations.aupdate(thread_id(), chat_settings=values)
     await welcome(values)
+    if knowledge.progress.running and knowledge.chunk_count == 0:  # the folder's first indexing
+        asyncio.create_task(show_indexing_progress())
+
+
+async def show_indexing_progress() -> None:
+    """A message that follows the knowledge folder's first indexing until it ends."""
+    progress = knowledge.progress
+    message = cl.Message(content=progress_message(progress.done, progress.total, progress.current), author="assistant")
+    await message.send()
+    while knowledge.progress.running:
+        await asyncio.sleep(1.0)
+        progress = knowledge.progress
+        message.content = progress_message(progress.done, progress.total, progress.current)
+        await message.update()
+    message.content = f"Knowledge folder indexed: {len(knowledge_sources())} files, {knowledge.chunk_count} chunks."
+    await message.update()
 
 
 @cl.on_chat_resume
@@ -318,6 +360,12 @@ async def on_settings_update(values: dict) -> None:
 async def on_chat_end() -> None:
     # The browser left: the uploads stay stored (a resume loads them again), not in memory.
     documents_by_thread.pop(thread_id(), None)
+    # A chat that goes away while its question waits for the model server leaves the line: the server
+    # never sees a request nobody will read. (An answer already streaming is left to finish and is saved.)
+    task = cl.context.session.current_task
+    if cl.user_session.get("queued") and task is not None and not task.done():
+        log.info("conversation %s left while queued; its question leaves the queue", thread_id())
+        task.cancel()
 
 
 @cl.on_stop
@@ -344,19 +392,95 @@ async def on_message(message: cl.Message) -> None:
     await answer(text)
 
 
+def queue_text(event: Queued) -> str:
+    ahead = event.position - 1
+    place = "next in line" if ahead == 0 else f"number {event.position} in line ({ahead} ahead of you)"
+    seconds = event.expected_wait_s
+    if seconds is None:
+        wait = "the wait is not known yet (no answer has finished since the app started)"
+    elif seconds < 60:  # rounded, so the notice changes (and is re-sent) only when the estimate really moves
+        wait = f"about {max(5 * round(seconds / 5), 5):.0f} s to wait"
+    else:
+        wait = f"about {round(seconds / 60):.0f} min to wait"
+    return (f"⏳ The model server is answering other questions: you are **{place}**, {wait}. "
+            "This updates while you wait; Stop leaves the line.")
+
+
+PARTIAL_NOTE = (
+    "\n\n---\n*⚠️ This answer was cut short: the app stopped while it was being written. The text above is "
+    "what had arrived; ask again for a full answer.*"
+)
+
+
+class PartialAnswerSaver:
+    """Keeps a streaming answer in the chat database (at most every ``interval_s``), with a note that it is
+    incomplete, so that a crash of the app leaves it in the thread. Writes go straight to the data layer,
+    not to the browser; the final ``send()`` replaces the saved text once the answer ends."""
+
+    def __init__(self, message: cl.Message, interval_s: float = 1.0):
+        self.message = message
+        self.interval_s = interval_s
+        self._last = 0.0
+        self._write: asyncio.Task | None = None
+
+    def streamed(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self._last < self.interval_s or (self._write is not None and not self._write.done()):
+            return
+        self._last = now
+        step = self.message.to_dict()
+        step["output"] = (step.get("output") or "") + PARTIAL_NOTE
+        self._write = asyncio.create_task(self._save(step))
+
+    @staticmethod
+    async def _save(step: dict) -> None:
+        data_layer = get_data_layer()
+        if data_layer is None:
+            return
+        try:
+            await data_layer.create_step(step)  # an upsert in the SQLAlchemy data layer
+        except Exception as exc:  # a failed partial save must not break the answer
+            log.warning("could not save the partial answer: %s", exc)
+
+    async def finish(self) -> None:
+        """Wait for a write in flight, so that it cannot land after (and over) the final message."""
+        if self._write is not None:
+            await asyncio.shield(self._write)
+        self.interval_s = float("inf")
+
+
 async def answer(question: str) -> None:
     history = cl.user_session.get("history") or []
     options = routing_options()
     message: cl.Message | None = None
+    saver: PartialAnswerSaver | None = None
+    waiting: cl.Message | None = None
+    retrieval_shown: asyncio.Task | None = None
     streamed = ""
     record: TurnRecord | None = None
     thinking: ui.ThinkingStep | None = None  # a reasoning model's thinking, streamed above its answer
     try:
         async for event in pipeline.run(question, history=history, options=options, documents=documents()):
             if isinstance(event, SourcesFound):
-                await ui.show_retrieval(event, options.min_source_score)
+                # Rendered beside the turn, not before it: the request goes to the model server at once.
+                retrieval_shown = asyncio.create_task(ui.show_retrieval(event, options.min_source_score))
+            elif isinstance(event, Queued):
+                cl.user_session.set("queued", True)
+                if waiting is None:
+                    waiting = cl.Message(content=queue_text(event), author="assistant")
+                    await waiting.send()
+                elif waiting.content != queue_text(event):
+                    waiting.content = queue_text(event)
+                    await waiting.update()
             elif isinstance(event, AnswerStarted):
+                cl.user_session.set("queued", False)
+                if waiting is not None:
+                    await waiting.remove()
+                    waiting = None
+                if retrieval_shown is not None:
+                    await retrieval_shown
                 message = cl.Message(content="", author=event.model)
+                saver = PartialAnswerSaver(message)
                 streamed = ""
             elif isinstance(event, Thinking):
                 thinking = thinking or await ui.ThinkingStep.start()
@@ -368,7 +492,10 @@ async def answer(question: str) -> None:
             elif isinstance(event, Token):
                 streamed += event.text
                 await message.stream_token(event.text)
+                saver.streamed()
             elif isinstance(event, Escalated):
+                if saver is not None:
+                    await saver.finish()
                 if message is not None and streamed:
                     await message.remove()
                 if event.purpose == "refine":
@@ -381,9 +508,17 @@ async def answer(question: str) -> None:
             elif isinstance(event, TurnFinished):
                 record = event.record
     except asyncio.CancelledError:
+        cl.user_session.set("queued", False)
+        if waiting is not None:
+            await waiting.remove()
+        if saver is not None:
+            await saver.finish()
         if thinking is not None:
             await thinking.finish(None, answered=False)
-        stopped = (streamed + "\n\n*Stopped by you; the text above is what the model had written.*").strip()
+        if streamed:
+            stopped = (streamed + "\n\n*Stopped by you; the text above is what the model had written.*").strip()
+        else:
+            stopped = "*Stopped by you before the model wrote anything.*"
         if message is None:
             message = cl.Message(content="", author="assistant")
         message.content = stopped
@@ -391,7 +526,14 @@ async def answer(question: str) -> None:
         await message.send()
         remember(question, strip_citations(streamed))
         raise
+    finally:
+        if retrieval_shown is not None and not retrieval_shown.done():
+            await asyncio.shield(retrieval_shown)
 
+    if waiting is not None:
+        await waiting.remove()
+    if saver is not None:
+        await saver.finish()
     await finish_answer(question, message, record)
 
 
@@ -408,7 +550,14 @@ async def finish_answer(question, message, record: TurnRecord | None) -> None:
         icon = {"error": "❌", "warning": "⚠️"}.get(notice.level, "ℹ️")
         body += f"\n\n> {icon} {notice.message}"
     sources_line, elements = ui.source_elements(record)
-    footer = f"*Answered by `{record.answered_by}`*" if record.answered_by else "*No model answered.*"
+    failed = any(notice.level == "error" for notice in record.notices)
+    if record.answered_by:
+        footer = f"*Answered by `{record.answered_by}`*"
+    elif record.text:
+        cut_by = next((r.model for r in reversed(record.responses) if r.text), "the model")
+        footer = f"*Cut short: not a complete answer (partial text from `{cut_by}`).*"
+    else:
+        footer = "*No model answered.*"
     routing_line = ui.routing_line(record)
     if routing_line:
         footer += f"\n\n{routing_line}"
@@ -420,6 +569,9 @@ async def finish_answer(question, message, record: TurnRecord | None) -> None:
     message.content = body.strip() + ui.ANSWER_FOOTER + footer
     message.elements = elements + [ui.metrics_element(record, metrics.total_cost_usd)]
     message.actions = [cl.Action(name="latency_chart", payload={}, label="Latency chart", icon="chart-column")]
+    if failed or not record.answered_by:
+        message.actions.insert(0, cl.Action(name="retry_answer", payload={"question": question},
+                                            label="Retry", icon="rotate-ccw"))
     remember(question, record.history_text())
     # Chainlit stores the message with its metadata: a resumed thread rebuilds history and metrics from it.
     message.metadata = {**(message.metadata or {}), HISTORY_KEY: record.history_text(),
@@ -432,6 +584,20 @@ def remember(question: str, answer_text: str) -> None:
     history = cl.user_session.get("history") or []
     history = history + [{"role": "user", "content": question}, {"role": "assistant", "content": answer_text}]
     cl.user_session.set("history", history)
+
+
+@cl.action_callback("retry_answer")
+async def on_retry_answer(action: cl.Action) -> None:
+    question = (action.payload or {}).get("question", "")
+    if not question:
+        return
+    cl.context.session.current_task = asyncio.current_task()  # so that Stop cancels the retry too
+    await cl.context.emitter.task_start()  # the page shows the turn running (and its Stop button)
+    try:
+        await cl.Message(content=f"Asking again: {question}", author="assistant").send()
+        await answer(question)
+    finally:
+        await cl.context.emitter.task_end()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -58,9 +58,9 @@ class ThinkingStep:
 def source_label(number: int, scored: ScoredChunk) -> str:
     # The browser turns each occurrence of an element's name into a markdown link [name](...), so the name itself
     # must not hold markdown: brackets become parentheses and backticks/angle brackets/backslashes go.
-    location = scored.chunk.location.replace("[", "(").replace("]", ")")
-    location = " ".join(re.sub(r"[`<>\\]", "", location).split())
-    return f"[{number}] {location}"
+    citation = scored.chunk.citation.replace("[", "(").replace("]", ")")
+    citation = " ".join(re.sub(r"[`<>\\]", "", citation).split())
+    return f"[{number}] {citation}"
 
 
 async def show_retrieval(event: SourcesFound, min_score: float) -> None:
@@ -73,7 +73,7 @@ async def show_retrieval(event: SourcesFound, min_score: float) -> None:
         for i, scored in enumerate(event.sources, start=1):
             excerpt = md_text(" ".join(scored.chunk.text.split())[:SNIPPET_CHARS])
             weak = "" if scored.score >= min_score else " (weak)"
-            rows.append(f"| {i} | {scored.score:.2f}{weak} | {md_text(scored.chunk.location)} | {excerpt}… |")
+            rows.append(f"| {i} | {scored.score:.2f}{weak} | {md_text(scored.chunk.citation)} | {excerpt}… |")
         rows.append(f"\n{len(event.sources)} sources in {event.retrieval_ms:.1f} ms.")
         step.output = "\n".join(rows)
 
@@ -92,7 +92,7 @@ def source_elements(record: TurnRecord) -> tuple[str, list[cl.Text]]:
     for number, scored, by in shown:
         label = source_label(number, scored)
         labels[by].append(label + (APP_MARK if by == "app" else ""))
-        heading = (f"**{md_text(scored.chunk.title)}** — {md_text(scored.chunk.location)} "
+        heading = (f"**{md_text(scored.chunk.title)}** — {md_text(scored.chunk.citation)} "
                    f"(chunk {scored.chunk.position + 1}, score {scored.score:.2f})")
         elements.append(cl.Text(name=label, content=f"{heading}\n\n{md_defused(scored.chunk.text)}", display="side"))
     lines = []

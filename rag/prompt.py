@@ -201,6 +201,10 @@ def build_grounded_messages(
     history, newest first. History is first cut to ``history_budget``; while sources are placed, it
     keeps at most a third of the room (less if the sources need it), and takes back whatever room the
     sources leave unused. A source that does not fit whole is cut short if a useful part fits.
+
+    Message order is system prompt, earlier turns (as plain question/answer), then one user turn with
+    this question's sources and the question: what repeats from turn to turn comes first, so a server's
+    prompt cache (llama.cpp ``--cache``) reads only the new tail of a follow-up.
     """
     budget = context_window - max_answer_tokens
     system = {"role": "system", "content": SYSTEM_PROMPT}
