@@ -18,16 +18,17 @@ from chainlit.server import app as fastapi_app, sio
 
 from assistant.conversations import HISTORY_KEY, METRICS_KEY, ConversationStore, history_from_steps, metrics_from_steps
 from assistant.demo import install_demo_routes
+from assistant.ingest import UploadParser
 from assistant.page import OfflinePage
 from assistant.events import AnswerStarted, Escalated, Queued, SourcesFound, Thinking, ThinkingFinished, Token, TurnFinished
 from assistant import wiring
 from assistant.record import TurnRecord
 from assistant.settings import RoutingMode, SettingsError, load_settings
 from assistant.storage import LocalFileStorage, ensure_schema, thread_data_layer
-from assistant.uploads import UploadError, save_upload, share_document
+from assistant.uploads import UploadError, check_upload, install_upload_checks, save_upload, share_document
 from assistant import web_security
 from assistant.accounts import Accounts, AccountsError, LoginThrottle
-from rag.documents import DocumentSet
+from rag.documents import DocumentSet, clean_display_name
 from rag.citations import strip_citations
 from rag.loaders import LoadError
 from rag.progress import TerminalProgress, progress_message
@@ -60,6 +61,7 @@ os.environ.setdefault("CHAINLIT_AUTH_SECRET", _auth_secret())
 
 objects = wiring.build(settings)
 client, knowledge, pipeline = objects.client, objects.knowledge, objects.pipeline
+upload_parser = UploadParser(chunk_tokens=settings.chunk_tokens, chunk_overlap=settings.chunk_overlap)
 conversations = ConversationStore(settings.data_dir / "conversations")
 file_storage = LocalFileStorage(settings.data_dir / "files")
 documents_by_thread: dict[str, DocumentSet] = {}
@@ -87,6 +89,7 @@ def load_knowledge() -> None:
 @cl.on_app_startup
 async def startup() -> None:
     await ensure_schema(settings.sqlalchemy_url)
+    await asyncio.to_thread(upload_parser.start)
     # Learn the served models now, so that no welcome waits for them (see ModelClient.server_health).
     await client.server_health(wait_s=0)
     # In the background: a large folder's first indexing must not hold up the server; chats show its progress.
@@ -97,6 +100,7 @@ async def startup() -> None:
 async def shutdown() -> None:
     knowledge.stop_watching()
     await client.close()
+    upload_parser.close()
 
 
 @cl.data_layer
@@ -152,6 +156,7 @@ def _install_get_routes() -> None:
 
 
 _install_get_routes()
+install_upload_checks(fastapi_app, int(settings.upload_max_mb * 1024 * 1024), clean_display_name)
 fastapi_app.add_middleware(OfflinePage)
 # Last, so its checks run first (outermost), before any other middleware answers.
 try:
@@ -284,7 +289,7 @@ async def welcome(values: dict, resumed: bool = False) -> None:
     report = knowledge.last_report
     knowledge_line = f"{len(knowledge_sources())} files, {knowledge.chunk_count} chunks"
     if report is not None and report.skipped:
-        skipped = "; ".join(f"`{s.source}`: {s.reason}" for s in report.skipped[:5])
+        skipped = "; ".join(f"{ui.md_text(s.source)}: {ui.md_text(s.reason)}" for s in report.skipped[:5])
         knowledge_line += f" ({len(report.skipped)} skipped: {skipped})"
     server_line = f"Model server: `{settings.model_endpoint}`"
     if settings.embedded_active:
@@ -614,17 +619,25 @@ async def handle_uploads(elements: list) -> None:
     docs = documents()
     limit_bytes = int(settings.upload_max_mb * 1024 * 1024)
     for element in elements:
-        name = element.name or "unnamed file"
+        name = clean_display_name(element.name or "unnamed file")
         path = getattr(element, "path", None)
         if not path:
             continue
         try:
+            # Parsed in a separate, resource-limited process; kept only once it is accepted.
+            await asyncio.to_thread(check_upload, Path(path), limit_bytes)
+            parsed = await upload_parser.parse(Path(path), name)
             stored = await asyncio.to_thread(
                 save_upload, Path(path), settings.data_dir / "uploads" / thread_id(), limit_bytes, name
             )
-            added = await asyncio.to_thread(docs.add_file, stored, name)
+            added = await asyncio.to_thread(docs.add_chunks, name, parsed.sha256, parsed.pages, parsed.chunks)
         except (UploadError, LoadError) as exc:
-            await cl.Message(content=f"❌ **{name}** was not added: {exc}", author="assistant").send()
+            try:  # a refused file is neither kept nor previewed (an encrypted PDF's preview prompts for its password)
+                await element.remove()
+            except Exception as remove_error:
+                log.warning("could not remove refused upload %s: %s", name, remove_error)
+            await cl.Message(content=f"❌ **{ui.md_text(name)}** was not added: {ui.md_text(str(exc))}",
+                             author="assistant").send()
             continue
         pages = f"{added.pages} pages, " if added.pages else ""
         actions = [
@@ -633,7 +646,7 @@ async def handle_uploads(elements: list) -> None:
             cl.Action(name="remove_document", payload={"name": added.name}, label="Remove", icon="trash"),
         ]
         await cl.Message(
-            content=f"📄 **{added.name}** is ready for this conversation: {pages}{added.chunks} chunks, "
+            content=f"📄 **{ui.md_text(added.name)}** is ready for this conversation: {pages}{added.chunks} chunks, "
             f"{added.tokens} tokens. Only this conversation can search it.",
             actions=actions,
             author="assistant",
@@ -647,10 +660,10 @@ async def list_documents() -> None:
     lines = [f"**Shared knowledge** (`{settings.knowledge_dir.name}/`): {len(sources)} files, "
              f"{knowledge.chunk_count} chunks."]
     for source in sources[:50]:
-        lines.append(f"- {source}")
+        lines.append(f"- {ui.md_text(source)}")
     lines.append("\n**This conversation's uploads:**" if docs else "\nNo uploads in this conversation.")
     for doc in docs:
-        lines.append(f"- `{doc.name}`: {doc.chunks} chunks" + (f", {doc.pages} pages" if doc.pages else ""))
+        lines.append(f"- {ui.md_text(doc.name)}: {doc.chunks} chunks" + (f", {doc.pages} pages" if doc.pages else ""))
     await cl.Message(content="\n".join(lines), author="assistant").send()
 
 
@@ -660,7 +673,8 @@ async def remove_document(name: str) -> None:
         return
     removed = documents().remove(name)
     await save_documents()
-    text = f"Removed **{name}** from this conversation." if removed else f"No upload named **{name}** here (see `/docs`)."
+    shown = ui.md_text(name)
+    text = f"Removed **{shown}** from this conversation." if removed else f"No upload named **{shown}** here (see `/docs`)."
     await cl.Message(content=text, author="assistant").send()
 
 

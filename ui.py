@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import chainlit as cl
 
 from assistant.events import SourcesFound
@@ -10,6 +12,20 @@ from rag.types import ScoredChunk
 
 ANSWER_FOOTER = "\n\n---\n"
 SNIPPET_CHARS = 160
+_MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
+
+
+def md_text(text: str) -> str:
+    """Text from a file (a name, an excerpt, a refusal) shown literally: no markdown, so no image, link or
+    table cell can come from it; on one line."""
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def md_defused(text: str) -> str:
+    """Document text that keeps its markdown formatting but can load nothing: ``](`` and ``][`` are broken and
+    link definitions escaped, so no image or link (inline, reference or shortcut form) survives."""
+    text = text.replace("](", "]\\(").replace("][", "]\\[")
+    return re.sub(r"\[(?=[^\]\n]*\]:)", r"\\[", text)
 
 
 class ThinkingStep:
@@ -40,7 +56,11 @@ class ThinkingStep:
 
 
 def source_label(number: int, scored: ScoredChunk) -> str:
-    return f"[{number}] {scored.chunk.citation}"
+    # The browser turns each occurrence of an element's name into a markdown link [name](...), so the name itself
+    # must not hold markdown: brackets become parentheses and backticks/angle brackets/backslashes go.
+    citation = scored.chunk.citation.replace("[", "(").replace("]", ")")
+    citation = " ".join(re.sub(r"[`<>\\]", "", citation).split())
+    return f"[{number}] {citation}"
 
 
 async def show_retrieval(event: SourcesFound, min_score: float) -> None:
@@ -51,9 +71,9 @@ async def show_retrieval(event: SourcesFound, min_score: float) -> None:
             return
         rows = ["| # | score | source | excerpt |", "|---|---|---|---|"]
         for i, scored in enumerate(event.sources, start=1):
-            excerpt = " ".join(scored.chunk.text.split())[:SNIPPET_CHARS].replace("|", "\\|")
+            excerpt = md_text(" ".join(scored.chunk.text.split())[:SNIPPET_CHARS])
             weak = "" if scored.score >= min_score else " (weak)"
-            rows.append(f"| {i} | {scored.score:.2f}{weak} | {scored.chunk.citation} | {excerpt}… |")
+            rows.append(f"| {i} | {scored.score:.2f}{weak} | {md_text(scored.chunk.citation)} | {excerpt}… |")
         rows.append(f"\n{len(event.sources)} sources in {event.retrieval_ms:.1f} ms.")
         step.output = "\n".join(rows)
 
@@ -72,8 +92,9 @@ def source_elements(record: TurnRecord) -> tuple[str, list[cl.Text]]:
     for number, scored, by in shown:
         label = source_label(number, scored)
         labels[by].append(label + (APP_MARK if by == "app" else ""))
-        heading = f"**{scored.chunk.title}** — {scored.chunk.citation} (chunk {scored.chunk.position + 1}, score {scored.score:.2f})"
-        elements.append(cl.Text(name=label, content=f"{heading}\n\n{scored.chunk.text}", display="side"))
+        heading = (f"**{md_text(scored.chunk.title)}** — {md_text(scored.chunk.citation)} "
+                   f"(chunk {scored.chunk.position + 1}, score {scored.score:.2f})")
+        elements.append(cl.Text(name=label, content=f"{heading}\n\n{md_defused(scored.chunk.text)}", display="side"))
     lines = []
     if labels["model"]:
         lines.append("Cited sources: " + ", ".join(labels["model"]))

@@ -36,7 +36,7 @@ from assistant.record import TurnRecord
 from rag.citations import resolve_citations
 from rag.followup import retrieval_query
 from rag.index import Retriever
-from rag.prompt import GroundedPrompt, build_grounded_messages, reference_text_sources
+from rag.prompt import GroundedPrompt, build_grounded_messages, neutralise, reference_text_sources
 from rag.tokens import count_message_tokens
 from rag.types import ScoredChunk
 from routing.client import ModelClient, ModelServerError, Response
@@ -258,7 +258,7 @@ class Pipeline:
     def refine_messages(self, prompt: GroundedPrompt, draft: str, options: RoutingOptions) -> tuple[list[dict], int] | None:
         """The draft's own messages (same numbered sources), the draft, the request to improve it, and the
         room left for the refined answer; None when too little room is left even without the history."""
-        tail = [{"role": "assistant", "content": draft}, {"role": "user", "content": REFINE_INSTRUCTION}]
+        tail = [{"role": "assistant", "content": neutralise(draft)}, {"role": "user", "content": REFINE_INSTRUCTION}]
         candidates = [prompt.messages]
         if len(prompt.messages) > 2:  # earlier turns are the first thing to give up
             candidates.append([prompt.messages[0], prompt.messages[-1]])

@@ -52,19 +52,30 @@ def _atomic_copy(source: Path, target: Path) -> None:
         raise
 
 
-def save_upload(source: Path, folder: Path, limit_bytes: int, display_name: str | None = None) -> Path:
-    """Copy an uploaded file out of Chainlit's per-session folder (deleted when the session ends)."""
+def size_problem(size: int | None, limit_bytes: int) -> str | None:
+    """Why a file of ``size`` bytes cannot be an upload, or None."""
+    if size == 0:
+        return "the file is empty (0 bytes): there is nothing to read"
+    if size is not None and size > limit_bytes:
+        return (f"the file is {size / 1048576:.1f} MB, over the {limit_bytes / 1048576:.0f} MB limit "
+                "(ASSISTANT_UPLOAD_MAX_MB)")
+    return None
+
+
+def check_upload(source: Path, limit_bytes: int) -> None:
+    """Refuse a file that cannot be an upload (unreadable, empty, too large) before anything reads it."""
     try:
         size = source.stat().st_size
     except OSError as exc:
         raise UploadError(f"the uploaded file could not be read ({exc.strerror or exc})") from exc
-    if size == 0:
-        raise UploadError("the file is empty")
-    if size > limit_bytes:
-        raise UploadError(
-            f"the file is {size / 1048576:.1f} MB, over the {limit_bytes / 1048576:.0f} MB limit "
-            "(ASSISTANT_UPLOAD_MAX_MB)"
-        )
+    problem = size_problem(size, limit_bytes)
+    if problem:
+        raise UploadError(problem)
+
+
+def save_upload(source: Path, folder: Path, limit_bytes: int, display_name: str | None = None) -> Path:
+    """Copy an uploaded file out of Chainlit's per-session folder (deleted when the session ends)."""
+    check_upload(source, limit_bytes)
     sha = file_sha256(source)
     target = folder / safe_name(display_name or source.name, sha)
     if not target.exists():
@@ -83,3 +94,49 @@ def share_document(source: Path, display_name: str, shared_folder: Path) -> tupl
     target = shared_folder / safe_name(display_name, sha)
     _atomic_copy(source, target)
     return target, True
+
+
+def install_upload_checks(app, limit_bytes: int, display_name=lambda name: name) -> None:
+    """Answer Chainlit's upload endpoint (``POST /project/file``) with our own reasons, naming the file.
+
+    Chainlit's endpoint fails on a zero-byte file with an unhandled error (the browser then shows a bare
+    "Upload failed") and refuses other files with terse reasons. This route, placed ahead of it, refuses
+    empty and over-size files itself, passes the rest to Chainlit's endpoint, and rewrites its refusals.
+    """
+    import logging
+    from typing import Optional
+
+    from chainlit.server import UserParam, upload_file
+    from fastapi import HTTPException, UploadFile
+    from fastapi.responses import JSONResponse
+
+    log = logging.getLogger(__name__)
+
+    def refuse(status: int, name: str, reason: str) -> JSONResponse:
+        return JSONResponse(status_code=status, content={"detail": f"{name} was not uploaded: {reason}."})
+
+    async def checked_upload(current_user: UserParam, session_id: str, file: UploadFile, ask_parent_id: str | None = None):
+        name = display_name(file.filename or "the file")
+        problem = size_problem(file.size, limit_bytes)
+        if problem:
+            return refuse(400, name, problem)
+        try:
+            return await upload_file(current_user=current_user, session_id=session_id, file=file,
+                                     ask_parent_id=ask_parent_id)
+        except HTTPException as exc:
+            reason = {"File type not allowed": f"files of type {file.content_type or 'unknown'} are not accepted",
+                      "File size too large": "the file is larger than uploads may be"}.get(str(exc.detail), str(exc.detail))
+            return refuse(exc.status_code, name, reason)
+        except Exception as exc:  # Chainlit's endpoint raises more than HTTPException on odd files
+            log.exception("upload of %r failed", file.filename)
+            return refuse(400, name, f"the server could not store it ({type(exc).__name__})")
+
+    # This module's annotations are strings (``from __future__ import annotations``) that FastAPI would resolve in
+    # the module's globals, where these locally imported types are not: give it the objects.
+    checked_upload.__annotations__ = {"current_user": UserParam, "session_id": str, "file": UploadFile,
+                                      "ask_parent_id": Optional[str]}
+    first_new = len(app.router.routes)
+    app.add_api_route("/project/file", checked_upload, methods=["POST"])
+    new_routes = app.router.routes[first_new:]
+    del app.router.routes[first_new:]
+    app.router.routes[0:0] = new_routes

@@ -43,7 +43,11 @@ def clean_display_name(name: str) -> str:
     """A display name only: the last path component, without control characters, never empty."""
     name = re.split(r"[\\/]", str(name or ""))[-1]
     name = "".join(char for char in name if unicodedata.category(char)[0] != "C").strip()
-    return name[:200] or "document"
+    if len(name) > 200:  # shorten the stem: the extension gives the file's type
+        stem, dot, suffix = name.rpartition(".")
+        suffix = suffix[:16] if dot and stem else ""
+        name = name[: 200 - len(suffix) - 1].rstrip() + "." + suffix if suffix else name[:200]
+    return name or "document"
 
 
 class DocumentSet:
@@ -103,14 +107,20 @@ class DocumentSet:
         digest = sha256_bytes(data)
         self._refuse_duplicate(name, digest)
         document = load_bytes(data, name)
+        chunks = document_chunks(document, name, chunk_tokens=self.chunk_tokens, overlap=self.chunk_overlap)
+        return self.add_chunks(name, digest, document.pages, chunks)
+
+    def add_chunks(self, display_name: str, sha256: str, pages: int | None, chunks: list[Chunk]) -> AddedDocument:
+        """Add a document read and chunked elsewhere (uploads are parsed in a separate process)."""
+        name = clean_display_name(display_name)
         with self._lock:
-            self._refuse_duplicate(name, digest)
+            self._refuse_duplicate(name, sha256)
             name = self._unique_name(name)
-            chunks = document_chunks(document, name, chunk_tokens=self.chunk_tokens, overlap=self.chunk_overlap)
+            chunks = [chunk if chunk.source == name else Chunk.from_record(name, chunk.to_record()) for chunk in chunks]
             added = AddedDocument(
                 name=name,
-                sha256=digest,
-                pages=document.pages,
+                sha256=sha256,
+                pages=pages,
                 chunks=len(chunks),
                 tokens=sum(chunk.tokens for chunk in chunks),
             )

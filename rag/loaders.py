@@ -2,6 +2,12 @@
 
 Every failure is a :class:`LoadError` whose message can be shown to the user as is. Folder loading
 (:func:`load_folder`) never stops at a bad file: it records the reason and goes on.
+
+Each format has limits (:class:`LoadLimits`) that refuse a hostile file before it costs much: the
+decompressed size and compression ratio of a DOCX's zip members, the size of a PDF's decompressed
+streams and of the page content parsed in total (pages may all share one huge stream), the nesting of
+JSON and HTML, the size of a CSV field, and the text a file may produce. They are the first line;
+uploads are also parsed in a process with CPU and memory limits (``assistant.ingest``).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import json
 import logging
 import os
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +34,40 @@ _CONTROL_BYTES = set(range(0, 9)) | {11, 12} | set(range(14, 32)) | {127}
 
 class LoadError(Exception):
     """A file that cannot be turned into text; ``str(error)`` is a message for the user."""
+
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LoadLimits:
+    max_text_chars: int = 4_000_000  # text extracted from one file (about 1M tokens)
+    max_json_depth: int = 100
+    max_html_depth: int = 256  # libxml2's own default nesting limit
+    max_csv_field_chars: int = 100_000
+    max_zip_members: int = 2_000
+    max_zip_bytes: int = 64 * MB  # all members of a DOCX, decompressed
+    max_zip_ratio: int = 100  # decompressed/compressed, for members larger than 1 MB
+    max_zip_xml_bytes: int = 24 * MB  # one XML part (parsed into a tree several times its size)
+    max_pdf_pages: int = 2_000
+    max_pdf_stream_bytes: int = 16 * MB  # one decompressed stream
+    max_pdf_content_bytes: int = 8 * MB  # page content parsed in total, a stream shared by n pages counted n times
+    max_pdf_forms_per_page: int = 200  # form XObjects drawn on one page
+
+
+DEFAULT_LIMITS = LoadLimits()
+
+
+def _mb(size: int) -> str:
+    return f"{size / MB:.0f} MB" if size >= MB else f"{size:,} bytes"
+
+
+def check_text_size(text_chars: int, name: str, limits: LoadLimits) -> None:
+    if text_chars > limits.max_text_chars:
+        raise LoadError(
+            f"{name} holds more text than an upload may have (over {limits.max_text_chars:,} characters); "
+            "split it into smaller files."
+        )
 
 
 @dataclass
@@ -64,6 +105,10 @@ def decode_text(data: bytes, name: str = "file") -> str:
             return data.decode("utf-16")
         except UnicodeDecodeError:
             raise LoadError(f"{name} looks like UTF-16 text but cannot be decoded.") from None
+    if b"\x00" in data[:8192]:
+        text = _decode_utf16_without_bom(data)
+        if text is not None:
+            return text
     if looks_binary(data):
         raise LoadError(f"{name} is not a text file (it contains binary data).")
     try:
@@ -95,12 +140,88 @@ def _looks_misdecoded(text: str) -> bool:
     return len(high) > 0.4 * len(visible) or plausible < 0.6 * len(high)
 
 
+def _decode_utf16_without_bom(data: bytes) -> str | None:
+    """UTF-16 text without a byte order mark, recognised by its zero bytes (every other byte, for text that is
+    mostly Latin script); None when the data is not that."""
+    sample = data[:8192]
+    pairs = len(sample) // 2
+    if pairs < 2:
+        return None
+    zeros_even, zeros_odd = sample[0:pairs * 2:2].count(0), sample[1:pairs * 2:2].count(0)
+    if zeros_odd >= 0.3 * pairs and zeros_even <= 0.02 * pairs:
+        encoding = "utf-16-le"
+    elif zeros_even >= 0.3 * pairs and zeros_odd <= 0.02 * pairs:
+        encoding = "utf-16-be"
+    else:
+        return None
+    try:
+        text = data[: len(data) - len(data) % 2].decode(encoding)
+    except UnicodeDecodeError:
+        return None
+    sample_text = text[:4096]
+    readable = sum(1 for char in sample_text if char.isprintable() or char in "\n\r\t")
+    return text if readable >= 0.95 * len(sample_text) else None
+
+
 def looks_binary(data: bytes) -> bool:
     sample = data[:8192]
     if b"\x00" in sample:
         return True
     control = sum(1 for byte in sample if byte in _CONTROL_BYTES)
     return control > 0.05 * len(sample)
+
+
+_HTML_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9:-]*)([^<>]*)>|<!--")
+_HTML_RAW_TEXT_TAGS = frozenset({"script", "style", "textarea", "title", "xmp", "plaintext"})
+# Elements that never have content, or whose end tag is optional (a parser closes them at the next sibling).
+_HTML_LEAF_TAGS = frozenset(
+    "area base br col embed hr img input link meta param source track wbr "
+    "p li dt dd tr td th thead tbody tfoot option optgroup rb rt rp colgroup caption".split()
+)
+
+
+def html_nesting_depth(text: str, stop_at: int | None = None) -> int:
+    """How deep the elements of an HTML page nest, counted from its tags without building a tree.
+
+    One pass, linear in the length of the text: comments and the text of script/style elements are skipped
+    by searching for their end.
+    """
+    lowered = text.lower()
+    depth = deepest = position = 0
+    while True:
+        match = _HTML_TAG.search(text, position)
+        if match is None:
+            break
+        if match.group(0) == "<!--":
+            end = text.find("-->", match.end())
+            position = len(text) if end < 0 else end + 3
+            continue
+        position = match.end()
+        closing, tag, rest = match.group(1), match.group(2).lower(), match.group(3)
+        if closing:
+            if tag not in _HTML_LEAF_TAGS:
+                depth = max(0, depth - 1)
+            continue
+        if tag in _HTML_RAW_TEXT_TAGS:
+            end = lowered.find(f"</{tag}", position)
+            position = len(text) if end < 0 else end
+            continue
+        if tag in _HTML_LEAF_TAGS or rest.rstrip().endswith("/"):
+            continue
+        depth += 1
+        if depth > deepest:
+            deepest = depth
+            if stop_at is not None and deepest > stop_at:
+                break
+    return deepest
+
+
+def check_html_depth(text: str, name: str, limits: LoadLimits = DEFAULT_LIMITS) -> None:
+    """Refuse a page nested deeper than ``limits.max_html_depth``: tree builders get slow (bs4: with the square
+    of the depth) or cut it silently (libxml2)."""
+    depth = html_nesting_depth(text, stop_at=limits.max_html_depth)
+    if depth > limits.max_html_depth:
+        raise LoadError(f"{name} nests its HTML elements more than {limits.max_html_depth} deep; it cannot be read safely.")
 
 
 def _text_sections(text: str, kind: str) -> list[Section]:
@@ -135,25 +256,82 @@ def load_html(data: bytes, name: str) -> tuple[str, list[Section]]:
         raise LoadError(f"{name} could not be read as HTML ({exc}).") from None
 
 
-def load_pdf(data: bytes, name: str) -> list[Section]:
-    from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
+def _pdf_configuration(limits: LoadLimits) -> dict:
+    """pypdf's own decompression and parsing limits, tightened to ours."""
+    stream = limits.max_pdf_stream_bytes
+    return dict(
+        maximum_declared_stream_length=stream,
+        array_based_stream_maximum_output_length=stream,
+        zlib_maximum_output_length=stream,
+        lzw_maximum_output_length=stream,
+        run_length_maximum_output_length=stream,
+        brotli_maximum_output_length=stream,
+        jbig2_maximum_output_length=stream,
+        image_maximum_buffer_size=stream,
+        stream_decoding_work_maximum_length=4 * stream,
+        zlib_maximum_recovery_input_length=min(stream, 512 * 1024),  # recovery decodes byte by byte
+        xform_maximum_invocations_per_extraction=limits.max_pdf_forms_per_page,
+        jbig2dec_binary=None,  # never start an external decoder on an upload
+    )
+
+
+def _page_content_bytes(page) -> int:
+    """Decompressed size of a page's content streams (pypdf keeps the decoded data, so this costs one decode)."""
+    from pypdf.generic import ArrayObject
+
+    contents = page.get("/Contents")
+    if contents is None:
+        return 0
+    contents = contents.get_object()
+    streams = contents if isinstance(contents, ArrayObject) else [contents]
+    total = 0
+    for stream in streams:
+        stream = stream.get_object()
+        if hasattr(stream, "get_data"):
+            total += len(stream.get_data())
+    return total
+
+
+def load_pdf(data: bytes, name: str, limits: LoadLimits = DEFAULT_LIMITS) -> list[Section]:
+    from pypdf import PdfReader, apply_configuration
+    from pypdf.errors import LimitReachedError, PdfReadError
 
     try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted:
-            try:
-                unlocked = reader.decrypt("")
-            except Exception:
-                unlocked = 0
-            if not unlocked:
-                raise LoadError(f"{name} is a password-protected PDF; remove the password and try again.")
-        sections = []
-        for number, page in enumerate(reader.pages, start=1):
-            text = (page.extract_text() or "").strip()
-            if text:
-                sections.append(Section("", text, page=number))
+        with apply_configuration(**_pdf_configuration(limits)):
+            reader = PdfReader(io.BytesIO(data))
+            if reader.is_encrypted:
+                try:
+                    unlocked = reader.decrypt("")
+                except Exception:
+                    unlocked = 0
+                if not unlocked:
+                    raise LoadError(f"{name} is a password-protected PDF; remove the password and try again.")
+            page_count = len(reader.pages)
+            if page_count > limits.max_pdf_pages:
+                raise LoadError(f"{name} has {page_count:,} pages; an upload may have at most {limits.max_pdf_pages:,}.")
+            sections = []
+            content_bytes = text_chars = 0
+            for number, page in enumerate(reader.pages, start=1):
+                content_bytes += _page_content_bytes(page)
+                if content_bytes > limits.max_pdf_content_bytes:
+                    raise LoadError(
+                        f"{name}: its pages' drawing instructions add up to more than "
+                        f"{_mb(limits.max_pdf_content_bytes)} (by page {number}; pages may share one huge "
+                        "stream); it cannot be read safely."
+                    )
+                text = (page.extract_text() or "").strip()
+                if text:
+                    text_chars += len(text)
+                    check_text_size(text_chars, name, limits)
+                    sections.append(Section("", text, page=number))
     except LoadError:
+        raise
+    except LimitReachedError as exc:
+        raise LoadError(
+            f"{name}: reading this PDF hit a safety limit ({exc} A compressed part may expand to at most "
+            f"{_mb(limits.max_pdf_stream_bytes)}.) It cannot be read safely."
+        ) from None
+    except MemoryError:
         raise
     except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, OSError, RecursionError) as exc:
         raise LoadError(f"{name} could not be read as a PDF (damaged or incomplete file: {exc}).") from None
@@ -164,14 +342,49 @@ def load_pdf(data: bytes, name: str) -> list[Section]:
     return sections
 
 
-def load_docx(data: bytes, name: str) -> list[Section]:
+def check_zip(data: bytes, name: str, limits: LoadLimits = DEFAULT_LIMITS) -> None:
+    """Refuse a zip (a DOCX) whose members would expand too far, before any of them is decompressed.
+
+    Python's zipfile never returns more than a member's declared size, so the declared sizes are the bound.
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
+        raise LoadError(f"{name} could not be read as a Word document (not a valid zip archive: {exc}).") from None
+    if len(members) > limits.max_zip_members:
+        raise LoadError(f"{name} holds {len(members):,} files inside; a Word document may hold at most {limits.max_zip_members:,}.")
+    total = sum(member.file_size for member in members)
+    if total > limits.max_zip_bytes:
+        raise LoadError(
+            f"{name} would expand to {total / MB:,.0f} MB when unpacked, over the {_mb(limits.max_zip_bytes)} "
+            "limit (a zip bomb?)."
+        )
+    for member in members:
+        if member.filename.endswith((".xml", ".rels")) and member.file_size > limits.max_zip_xml_bytes:
+            raise LoadError(
+                f"{name}: its part {member.filename[:80]!r} is {member.file_size / MB:,.0f} MB unpacked, over the "
+                f"{_mb(limits.max_zip_xml_bytes)} a part may have; it cannot be read safely."
+            )
+        ratio = member.file_size / max(1, member.compress_size)
+        if member.file_size > MB and ratio > limits.max_zip_ratio:
+            raise LoadError(
+                f"{name}: its part {member.filename[:80]!r} is compressed {ratio:,.0f} to 1 (over "
+                f"{limits.max_zip_ratio} to 1, a zip bomb?); it cannot be read safely."
+            )
+
+
+def load_docx(data: bytes, name: str, limits: LoadLimits = DEFAULT_LIMITS) -> list[Section]:
     import docx
     from docx.opc.exceptions import PackageNotFoundError
 
+    check_zip(data, name, limits)
     try:
         document = docx.Document(io.BytesIO(data))
     except (PackageNotFoundError, KeyError, ValueError, OSError) as exc:
         raise LoadError(f"{name} could not be read as a Word document ({exc}).") from None
+    except MemoryError:
+        raise
     except Exception as exc:  # zipfile.BadZipFile, lxml errors
         raise LoadError(f"{name} could not be read as a Word document ({type(exc).__name__}).") from None
     lines = []
@@ -195,51 +408,86 @@ def load_docx(data: bytes, name: str) -> list[Section]:
     return split_markdown_sections("\n\n".join(lines))
 
 
-def load_csv(data: bytes, name: str) -> list[Section]:
+def load_csv(data: bytes, name: str, limits: LoadLimits = DEFAULT_LIMITS) -> list[Section]:
     text = decode_text(data, name)
     try:
         dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t|")
     except csv.Error:
         dialect = csv.excel
-    rows = [row for row in csv.reader(io.StringIO(text), dialect) if any(cell.strip() for cell in row)]
-    if not rows:
+    # The limit is process-wide in the csv module; every reader here uses the same value.
+    csv.field_size_limit(limits.max_csv_field_chars)
+    lines: list[str] = []
+    header: list[str] | None = None
+    size = 0
+    # newline="" hands line endings to the csv module, which accepts \r, \n and \r\n, also inside quotes.
+    reader = csv.reader(io.StringIO(text, newline=""), dialect)
+    try:
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            if header is None:
+                header = row
+                line = " | ".join(header)
+            elif len(row) == len(header):
+                line = "; ".join(f"{key}: {value}" for key, value in zip(header, row) if value.strip())
+            else:
+                line = " | ".join(row)
+            size += len(line) + 2
+            check_text_size(size, name, limits)
+            lines.append(line)
+    except csv.Error as exc:
+        if "field larger than field limit" in str(exc):
+            raise LoadError(
+                f"{name} has a field longer than {limits.max_csv_field_chars:,} characters "
+                f"(line {reader.line_num}); it cannot be read as a table."
+            ) from None
+        raise LoadError(f"{name} could not be read as CSV (line {reader.line_num}: {exc}).") from None
+    if not lines:
         raise LoadError(f"{name} is empty.")
-    header = rows[0]
-    lines = [" | ".join(header)]
-    for row in rows[1:]:
-        if len(row) == len(header):
-            lines.append("; ".join(f"{key}: {value}" for key, value in zip(header, row) if value.strip()))
-        else:
-            lines.append(" | ".join(row))
     # Blank lines let the chunker cut between rows.
     return [Section("", "\n\n".join(lines))]
 
 
-def load_json(data: bytes, name: str) -> list[Section]:
+def load_json(data: bytes, name: str, limits: LoadLimits = DEFAULT_LIMITS) -> list[Section]:
     text = decode_text(data, name)
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise LoadError(f"{name} is not valid JSON (line {exc.lineno}: {exc.msg}).") from None
-    lines: list[str] = []
-    _flatten_json(value, "", lines)
+    except RecursionError:
+        raise LoadError(f"{name} nests its JSON more than {limits.max_json_depth} levels deep; it cannot be read safely.") from None
+    except ValueError as exc:  # e.g. a number with more digits than Python converts
+        raise LoadError(f"{name} is not JSON that can be read ({exc}).") from None
+    lines = _flatten_json(value, name, limits)
     if not lines:
         raise LoadError(f"{name} contains no text.")
     return [Section("", "\n".join(lines))]
 
 
-def _flatten_json(value, path: str, lines: list[str]) -> None:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _flatten_json(item, f"{path}.{key}" if path else str(key), lines)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _flatten_json(item, f"{path}[{index}]", lines)
-    elif value is not None and str(value).strip():
-        lines.append(f"{path}: {value}" if path else str(value))
+def _flatten_json(value, name: str, limits: LoadLimits) -> list[str]:
+    """One ``path: value`` line per leaf, in document order; refuses nesting or output beyond the limits."""
+    lines: list[str] = []
+    size = 0
+    stack = [(value, "", 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth >= limits.max_json_depth:
+                raise LoadError(f"{name} nests its JSON more than {limits.max_json_depth} levels deep; it cannot be read safely.")
+            if isinstance(item, dict):
+                children = [(child, f"{path}.{key}" if path else str(key)) for key, child in item.items()]
+            else:
+                children = [(child, f"{path}[{index}]") for index, child in enumerate(item)]
+            stack.extend((child, child_path, depth + 1) for child, child_path in reversed(children))
+        elif item is not None and str(item).strip():
+            line = f"{path}: {item}" if path else str(item)
+            size += len(line) + 1
+            check_text_size(size, name, limits)
+            lines.append(line)
+    return lines
 
 
-def load_bytes(data: bytes, name: str, source: str | None = None) -> Document:
+def load_bytes(data: bytes, name: str, source: str | None = None, limits: LoadLimits = DEFAULT_LIMITS) -> Document:
     """A document from file content; ``name`` gives the type (its extension) and appears in messages."""
     source = source or name
     suffix = Path(name).suffix.lower()
@@ -248,23 +496,32 @@ def load_bytes(data: bytes, name: str, source: str | None = None) -> Document:
     page_count = None
     page_title = ""
     if suffix in TEXT_SUFFIXES:
-        sections = _text_sections(decode_text(data, name), TEXT_SUFFIXES[suffix])
+        text = decode_text(data, name)
+        check_text_size(len(text), name, limits)
+        sections = _text_sections(text, TEXT_SUFFIXES[suffix])
     elif suffix in (".html", ".htm"):
-        page_title, sections = load_html(data, name)
+        check_html_depth(decode_text(data, name), name, limits)  # before any tree is built
+        try:
+            page_title, sections = load_html(data, name)
+        except (LoadError, MemoryError):
+            raise
+        except Exception as exc:  # the HTML parser's own errors (selectolax's, for one, when memory runs out)
+            raise LoadError(f"{name} could not be read as HTML ({type(exc).__name__}: {exc}).") from None
     elif suffix == ".pdf":
-        sections = load_pdf(data, name)
+        sections = load_pdf(data, name, limits)
         page_count = max(section.page or 0 for section in sections)
     elif suffix == ".docx":
-        sections = load_docx(data, name)
+        sections = load_docx(data, name, limits)
     elif suffix == ".csv":
-        sections = load_csv(data, name)
+        sections = load_csv(data, name, limits)
     elif suffix == ".json":
-        sections = load_json(data, name)
+        sections = load_json(data, name, limits)
     else:
         kind = f"'{suffix}'" if suffix else "without an extension"
         raise LoadError(f"{name}: files {kind} are not supported (supported: {', '.join(SUPPORTED_SUFFIXES)}).")
     if not sections:
         raise LoadError(f"{name} contains no text.")
+    check_text_size(sum(len(section.text) for section in sections), name, limits)
     title = page_title or _first_heading(sections) or Path(name).stem
     return Document(source=source, title=title, sections=sections, pages=page_count)
 

@@ -2,7 +2,10 @@
 
 Document text only ever appears inside the ``<sources>`` block of the user turn. Any text in a
 document (or in a file name) that looks like one of the block's own tags is neutralised, so a
-document cannot close the block early and pose as instructions.
+document cannot close the block early and pose as instructions. Chat-template control text
+(``<|im_start|>``, ``[INST]``, ``<start_of_turn>`` ...) is neutralised too, in documents, file names,
+the question and the history: a server that renders the chat template and reads special tokens in the
+result (llama.cpp does) would otherwise turn it into real turn boundaries.
 """
 
 from __future__ import annotations
@@ -35,6 +38,17 @@ NO_SOURCES_NOTE = (
 
 # Tags of the data block; anything in document text that could be read as one of them is defused.
 _BLOCK_TAG = re.compile(r"<(\s*/?\s*)(sources?|question|system|instructions?)\b", re.IGNORECASE)
+# Control text of the common chat templates and tokenizers, written as plain text.
+_CONTROL_TEXT = re.compile(
+    r"<\|[^|<>\n]{0,64}\|>"  # ChatML, Phi, Llama 3, Harmony, Granite, Command R, GPT: <|im_start|>, <|eot_id|>, <|end|>
+    r"|<\uff5c[^\uff5c<>\n]{0,64}\uff5c>"  # DeepSeek (full-width bars): <｜User｜>, <｜end▁of▁sentence｜>
+    r"|\[/?(?:INST|SYS|SYSTEM_PROMPT|AVAILABLE_TOOLS|TOOL_RESULTS|TOOL_CALLS|TOOL_CONTENT|THINK)\]"  # Llama 2, Mistral
+    r"|<</?SYS>>"  # Llama 2
+    r"|<(?:start|end)_of_(?:turn|image)>"  # Gemma
+    r"|</?(?:s|bos|eos|pad|unk|mask|think|tool_call|tool_response)>",  # sentencepiece markers; Qwen's added tokens
+    re.IGNORECASE,
+)
+_DEFUSED_BRACKETS = str.maketrans({"<": "\u2039", ">": "\u203a", "[": "(", "]": ")", "\uff5c": "|"})
 _MIN_TRUNCATED_SOURCE_TOKENS = 48
 _MIN_OVERLAP_CHARS = 20
 
@@ -47,7 +61,14 @@ class GroundedPrompt:
 
 
 def neutralise(text: str) -> str:
-    """Defuse text that could pose as a tag of the sources block (``<source``, ``</sources>`` ...)."""
+    """Defuse text that could pose as a tag of the sources block (``<source``, ``</sources>`` ...) or as
+    chat-template control text: ``<|im_start|>`` becomes ``‹|im_start|›``, ``[INST]`` becomes ``(INST)``; still
+    readable, never a special token."""
+    while True:  # defusing one sequence can never form another, but a fixed point costs nothing to be sure of
+        defused = _CONTROL_TEXT.sub(lambda m: m.group(0).translate(_DEFUSED_BRACKETS), text)
+        if defused == text:
+            break
+        text = defused
     return _BLOCK_TAG.sub(lambda m: "&lt;" + m.group(1) + m.group(2), text)
 
 
@@ -133,7 +154,7 @@ def _conversation(history) -> list[dict]:
         role = message.get("role")
         content = message.get("content")
         if role in ("user", "assistant") and isinstance(content, str) and content.strip():
-            turns.append({"role": role, "content": content})
+            turns.append({"role": role, "content": neutralise(content)})
     return turns
 
 

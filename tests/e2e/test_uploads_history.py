@@ -6,6 +6,7 @@ import pytest
 
 from tests.e2e.conftest import AppServer, ask, make_app_root, open_chat, wait_for_answer
 from tests.fixtures.documents import encrypted_pdf_bytes, pdf_bytes
+from benchmarks.hostile_files import hostile_files
 
 pytestmark = pytest.mark.e2e
 
@@ -31,6 +32,7 @@ def upload(page, files: list[dict]) -> None:
 
 def test_hostile_and_broken_files_each_get_a_message_and_the_rest_goes_through(page, own_app):
     open_chat(page, own_app)
+    hostile = {item.name: item.data for item in hostile_files() if item.name in ("deep.json", "bomb.docx")}
     good = pdf_bytes(["Quarterly numbers page one", "The margin target is nine percent"])
     upload(page, [
         {"name": "truncated.pdf", "mimeType": "application/pdf", "buffer": good[: len(good) // 2]},
@@ -40,16 +42,31 @@ def test_hostile_and_broken_files_each_get_a_message_and_the_rest_goes_through(p
         {"name": "latin1.txt", "mimeType": "text/plain", "buffer": "Café crème brûlée, façade naïve.".encode("latin-1")},
         {"name": "../../etc/passwd.md", "mimeType": "text/markdown", "buffer": b"# Not a path\nroot fact"},
         {"name": "huge.txt", "mimeType": "text/plain", "buffer": b"word " * 300_000},
+        {"name": "deep.json", "mimeType": "application/json", "buffer": hostile["deep.json"]},
+        {"name": "bomb.docx", "buffer": hostile["bomb.docx"],
+         "mimeType": "application/vnd.openxmlformats-officedocument.wordprocessingml.document"},
         {"name": "report.pdf", "mimeType": "application/pdf", "buffer": good},
     ])
+    # Empty and over-size files are refused by the upload endpoint (the app's route ahead of Chainlit's), with
+    # the app's reason naming the file, which the browser shows in a toast (read it before it fades).
+    toasts = {}
+    for text in ("empty.txt was not uploaded: the file is empty", "huge.txt was not uploaded: the file is"):
+        toast = page.get_by_text(text).first
+        toast.wait_for(timeout=30_000)
+        toasts[text] = toast.inner_text()
+    assert "MB limit" in toasts["huge.txt was not uploaded: the file is"]
     ask(page, "/docs")
     page.get_by_text("This conversation's uploads").first.wait_for(timeout=30_000)
     body = page.locator("body").inner_text()
-    for name in ("truncated.pdf", "locked.pdf", "binary.txt", "huge.txt"):
+    for name in ("truncated.pdf", "locked.pdf", "binary.txt", "deep.json", "bomb.docx"):
         assert f"{name} was not added" in body, f"no refusal message for {name}"
-    # Chainlit's upload endpoint itself refuses a zero-byte file, before the app sees it; the browser says so.
-    assert "Failed to upload empty.txt" in body
-    assert "password-protected" in body and "MB limit" in body and "binary data" in body
+    assert "password-protected" in body and "binary data" in body and "levels deep" in body and "zip bomb" in body
+    # Refused files are not previewed (an encrypted PDF's preview asked for its password over and over): of the
+    # three PDFs, only the accepted one keeps its inline preview.
+    assert page.locator(".inline-pdf").count() == 1
+    # Refused files are not kept.
+    kept = [path.name for path in (own_app.data_dir / "uploads").rglob("*") if path.is_file()]
+    assert not [name for name in kept if any(bad in name for bad in ("locked", "truncated", "binary", "deep", "bomb"))]
     for name in ("latin1.txt", "report.pdf"):
         assert f"{name} is ready for this conversation" in body, f"{name} was not accepted"
     assert "2 pages" in body  # the good PDF's confirmation names its pages
