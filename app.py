@@ -7,16 +7,22 @@ import logging
 import os
 import secrets
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import chainlit as cl
 from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
+from chainlit.context import init_ws_context
 from chainlit.input_widget import Select, Slider
 from chainlit.server import app as fastapi_app
+from chainlit.session import WebsocketSession
+from chainlit.socket import sio
 from fastapi.responses import FileResponse, Response as HTTPResponse
 
 from assistant.conversations import ConversationStore
 from assistant.demo import install_demo_routes
+from assistant.embedded import EmbeddedModelError, default_model_path, model_name
 from assistant.events import AnswerStarted, Escalated, Notice, SourcesFound, Token, TurnFinished
 from assistant.pipeline import Pipeline
 from assistant.settings import RoutingMode, SettingsError, load_settings
@@ -65,12 +71,6 @@ conversations = ConversationStore(settings.data_dir / "conversations")
 file_storage = LocalFileStorage(settings.data_dir / "files")
 documents_by_thread: dict[str, DocumentSet] = {}
 
-MODE_LABELS = {
-    RoutingMode.AUTOMATIC.value: "Automatic (small first, escalate when needed)",
-    RoutingMode.SMALL_ONLY.value: f"{settings.small_model} only",
-    RoutingMode.LARGE_ONLY.value: f"{settings.large_model} only",
-    RoutingMode.DRAFT_THEN_REFINE.value: "Draft then refine",
-}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -179,16 +179,60 @@ def session_metrics() -> SessionMetrics:
     return metrics
 
 
-def chat_settings_widgets(values: dict) -> list:
+@dataclass
+class ServedModels:
+    """The served model ids behind the small and large roles (the aliases when the server does not answer)."""
+
+    small: str
+    large: str
+    error: str | None = None  # why the server could not be asked
+
+    @property
+    def one_model(self) -> bool:
+        return self.small == self.large
+
+
+_served_cache: dict[str, tuple[float, ServedModels]] = {}
+
+
+async def served_models(max_age_s: float = 15.0) -> ServedModels:
+    cached = _served_cache.get("models")
+    if cached and time.monotonic() - cached[0] < max_age_s:
+        return cached[1]
+    try:
+        models = ServedModels(await client.resolve(settings.small_model, refresh=True),
+                              await client.resolve(settings.large_model, refresh=True))
+    except ModelServerError as exc:
+        models = ServedModels(settings.small_model, settings.large_model, error=str(exc))
+    _served_cache["models"] = (time.monotonic(), models)
+    return models
+
+
+def embedded_model_in_use(models: ServedModels) -> bool:
+    """The bundled SmolLM2 answers: started by the launcher, or served under its own name by a server we were pointed at."""
+    if settings.embedded_active:
+        return True
+    names = set()
+    try:
+        names.add(model_name(default_model_path()))
+    except EmbeddedModelError:
+        pass
+    if settings.embedded_model_path:
+        names.add(model_name(Path(settings.embedded_model_path)))
+    return models.small in names
+
+
+def chat_settings_widgets(values: dict, models: ServedModels) -> list:
     defaults = RoutingOptions.from_settings(settings)
     mode = values.get("mode", RoutingMode(defaults.mode).value)
+    labels = ui.mode_labels(models.small, models.large)
     return [
         Select(
             id="mode",
             label="Routing",
-            items={label: value for value, label in MODE_LABELS.items()},
+            items={label: value for value, label in labels.items()},
             initial_value=mode,
-            description="Which model answers. A change applies from the next message.",
+            description=ui.mode_description(models.small, models.large),
         ),
         Slider(id="temperature", label="Temperature", initial=values.get("temperature", defaults.temperature),
                min=0, max=1.5, step=0.1),
@@ -202,7 +246,7 @@ def chat_settings_widgets(values: dict) -> list:
 
 
 async def send_chat_settings(values: dict) -> dict:
-    chosen = await cl.ChatSettings(chat_settings_widgets(values)).send()
+    chosen = await cl.ChatSettings(chat_settings_widgets(values, await served_models())).send()
     merged = {**values, **(chosen or {})}
     cl.user_session.set("chat_settings", merged)
     return merged
@@ -212,18 +256,85 @@ def routing_options() -> RoutingOptions:
     return RoutingOptions.from_settings(settings).with_overrides(cl.user_session.get("chat_settings") or {})
 
 
-async def model_status() -> str:
+async def mode_label(mode: str) -> str:
+    models = await served_models()
+    return ui.mode_labels(models.small, models.large).get(mode, mode)
+
+
+# ------------------------------------------------------------------------------------------------
+# Welcome: what the app does, the models in plain words, starter questions; operator details one click away
+# ------------------------------------------------------------------------------------------------
+
+
+def welcome_text(models: ServedModels) -> str:
+    sources = knowledge_sources()
+    folder = settings.knowledge_dir.name
+    text = (
+        "**Ask questions about your team's documents.** The assistant searches the "
+        f"{len(sources)} documents in the knowledge folder (`{folder}/`) and any file you attach, answers with "
+        "a language model running on this machine, and cites the passages it used: click a [1] in an answer "
+        "to read that passage. Answers come from your documents, not from the internet.\n\n"
+    )
+    if models.error:
+        text += (f"**Models:** no model server answers yet, so questions get a message saying what to start. "
+                 f"(Expected {settings.small_model} and {settings.large_model}.)")
+    elif embedded_model_in_use(models):
+        text += (f"**Models:** {models.small}, a tiny model built into the app, answers every question because "
+                 "no other model server was found.\n\n"
+                 "⚠️ **The embedded model is for trying the app: its answers are weak** (it misreads, repeats and "
+                 "invents). Start Foundry Local or another model server for useful answers.")
+    elif models.one_model:
+        text += f"**Models:** {models.small} answers every question (it serves both the small and the large role)."
+    else:
+        text += (f"**Models:** a small model, {models.small}, answers first; a larger one, {models.large}, takes "
+                 "over when the small answer looks weak, and the answer says why.")
+    return text + "\n\nTry a question below or type your own."
+
+
+def starter_questions(limit: int = 4) -> list[tuple[str, str]]:
+    """(label, question) from the knowledge folder: the title of each document, overview-like ones first."""
+    titles: dict[str, str] = {}
+    for chunk in knowledge.chunks:
+        if chunk.position == 0 and "/" not in chunk.source:
+            titles[chunk.source] = chunk.title
+    ordered = sorted(titles, key=lambda source: (not any(w in source.lower() for w in ("overview", "readme", "intro")),
+                                                 source))
+    starters = []
+    for source in ordered[:limit]:
+        title = " ".join(titles[source].split())
+        stem = source.rsplit(".", 1)[0]
+        if not title or title in (source, stem):
+            starters.append((stem, f"What is {source} about?"))
+        else:
+            starters.append((title if len(title) <= 40 else title[:38] + "…",
+                             f"What do the documents say about {title[0].lower() + title[1:]}?"))
+    return starters
+
+
+@cl.set_chat_profiles
+async def chat_profiles(user=None, language=None):
+    # One profile: Chainlit shows its description above the message box of a new conversation (with the
+    # starters) and hides it once the conversation starts. With a single profile there is no picker.
+    return [cl.ChatProfile(name="Assistant", markdown_description=welcome_text(await served_models()),
+                           icon="/favicon", default=True)]
+
+
+@cl.set_starters
+async def starters(user=None, language=None):
+    return [cl.Starter(label=label, message=question) for label, question in starter_questions()]
+
+
+async def model_status(models: ServedModels) -> str:
+    if models.error:
+        return f"- not available: {models.error}"
     lines = []
-    for role, alias in (("small", settings.small_model), ("large", settings.large_model)):
-        try:
-            served = await client.resolve(alias, refresh=True)
-            lines.append(f"- {role}: `{served}`" + (f" (alias `{alias}`)" if served != alias else ""))
-        except ModelServerError as exc:
-            lines.append(f"- {role}: `{alias}` — **not available**: {exc}")
+    for role, alias, served in (("small", settings.small_model, models.small), ("large", settings.large_model, models.large)):
+        lines.append(f"- {role}: `{served}`" + (f" (alias `{alias}`)" if served != alias else ""))
     return "\n".join(lines)
 
 
-async def welcome(values: dict, resumed: bool = False) -> None:
+async def show_operator_details(values: dict) -> None:
+    models = await served_models(max_age_s=0)
     mode = values.get("mode", settings.routing_mode.value)
     report = knowledge.last_report
     knowledge_line = f"{len(knowledge_sources())} files, {knowledge.chunk_count} chunks"
@@ -236,16 +347,16 @@ async def welcome(values: dict, resumed: bool = False) -> None:
             f" — the embedded llama.cpp model, because nothing answered at `{settings.configured_endpoint}` "
             "(start Foundry Local with `foundry service start` to use phi-4-mini and gpt-oss-20b)"
         )
-    text = (
-        ("**Welcome back.** " if resumed else "**Local knowledge assistant.** ")
-        + "Answers come from your documents, by models on this machine.\n\n"
-        + f"{server_line}\n{await model_status()}\n\n"
-        + f"Routing: **{MODE_LABELS.get(mode, mode)}** (change it in the settings). "
-        + f"Knowledge: {knowledge_line}.\n\n"
-        + "Attach files to ask about them (private to this conversation). "
-        "Type `/docs` to list the documents in scope, `/remove NAME` to drop an upload."
-    )
-    await cl.Message(content=text, author="assistant").send()
+    # A step, not a message: it stays collapsed, and Chainlit keeps showing the welcome and starters.
+    async with cl.Step(name="Server details", type="run", default_open=False, show_input=False,
+                       icon="server") as step:
+        step.output = (
+            f"{server_line}\n{await model_status(models)}\n\n"
+            f"Routing: **{ui.mode_labels(models.small, models.large).get(mode, mode)}** (change it in the settings). "
+            f"Knowledge: `{settings.knowledge_dir}`, {knowledge_line}.\n\n"
+            "Attach files to ask about them (private to this conversation). "
+            "Type `/docs` to list the documents in scope, `/remove NAME` to drop an upload."
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -259,7 +370,7 @@ async def on_chat_start() -> None:
     await asyncio.to_thread(knowledge.refresh)
     values = await send_chat_settings({})
     conversations.update(thread_id(), chat_settings=values)
-    await welcome(values)
+    await show_operator_details(values)
 
 
 @cl.on_chat_resume
@@ -280,13 +391,26 @@ async def on_settings_update(values: dict) -> None:
     cl.user_session.set("chat_settings", merged)
     conversations.update(thread_id(), chat_settings=merged)
     mode = merged.get("mode", settings.routing_mode.value)
-    await cl.Message(content=f"Settings saved. Routing from the next message: **{MODE_LABELS.get(mode, mode)}**.",
+    await cl.Message(content=f"Settings saved. Routing from the next message: **{await mode_label(mode)}**.",
                      author="assistant").send()
 
 
 @cl.on_stop
 async def on_stop() -> None:
     log.info("user pressed stop in %s", thread_id())
+
+
+@sio.on("stop")
+async def stop_running_answer(sid):
+    """Chainlit's own stop handler, less its "Task manually stopped." message: the stopped answer says
+    itself what was kept (see ``answer``), so the reader gets one message, not two."""
+    session = WebsocketSession.get(sid)
+    if session is None:
+        return
+    init_ws_context(session)
+    if session.current_task:
+        session.current_task.cancel()
+    await on_stop()
 
 
 @cl.on_message
@@ -315,29 +439,34 @@ async def answer(question: str) -> None:
     streamed = ""
     finished: TurnFinished | None = None
     notices: list[Notice] = []
+    stage = "searching the documents"  # what was going on, for a stop message true to what happened
     try:
         async for event in pipeline.run(question, history=history, options=options, documents=documents()):
             if isinstance(event, SourcesFound):
                 await ui.show_retrieval(event, options.min_source_score)
+                stage = "waiting for the model's first word"
             elif isinstance(event, AnswerStarted):
-                message = cl.Message(content="", author=event.model)
+                message = cl.Message(content="", author="assistant")
                 streamed = ""
+                stage = f"waiting for the first word of {event.model}"
             elif isinstance(event, Token):
                 streamed += event.text
                 await message.stream_token(event.text)
             elif isinstance(event, Escalated):
                 if message is not None and streamed:
                     await message.remove()
-                title = f"escalated: {event.reason}" + (" (stopped early)" if event.early else "")
-                async with cl.Step(name=title, type="llm", default_open=False, show_input=False) as step:
-                    step.output = f"Draft by `{event.from_model}`:\n\n{event.draft or '(empty)'}"
+                await ui.show_escalation(event.reason, event.from_model, event.draft, event.early)
                 message, streamed = None, ""
+                stage = "waiting for the large model's first word (the small model's draft is in the step above)"
             elif isinstance(event, Notice):
                 notices.append(event)
             elif isinstance(event, TurnFinished):
                 finished = event
     except asyncio.CancelledError:
-        stopped = (streamed + "\n\n*Stopped by you; the text above is what the model had written.*").strip()
+        if streamed.strip():
+            stopped = streamed.rstrip() + "\n\n*Stopped by you: the answer above is unfinished.*"
+        else:
+            stopped = f"*Stopped by you while {stage}: no answer was written.*"
         if message is None:
             message = cl.Message(content="", author="assistant")
         message.content = stopped
@@ -352,7 +481,7 @@ async def finish_answer(question, message, finished: TurnFinished | None, notice
     if finished is None:  # the pipeline always ends with TurnFinished; this guards a bug, not a user path
         finished = TurnFinished(text="", answered_by=None, metrics=TurnMetrics())
     if message is None:
-        message = cl.Message(content="", author=finished.answered_by or "assistant")
+        message = cl.Message(content="", author="assistant")
     body = finished.text
     if not finished.supported:
         body += ("\n\n> ℹ️ Nothing in the knowledge base or this conversation's uploads matched the question, "
@@ -360,10 +489,11 @@ async def finish_answer(question, message, finished: TurnFinished | None, notice
     for notice in notices:
         icon = {"error": "❌", "warning": "⚠️"}.get(notice.level, "ℹ️")
         body += f"\n\n> {icon} {notice.message}"
-    sources_line, elements = ui.source_elements(finished)
+    # The cited sources are listed by the Sources element under the answer; each [n] in the text opens one.
+    linked, views = ui.render_sources(finished, question, anchor=message.id)
+    elements = [ui.sources_element(views, message.id)] if views else []
+    body = linked + body[len(finished.text):]
     footer = f"*Answered by `{finished.answered_by}`*" if finished.answered_by else "*No model answered.*"
-    if sources_line:
-        footer += f"\n\n{sources_line}"
     metrics = session_metrics()
     if finished.metrics.legs:
         metrics.add(finished.metrics)
@@ -488,7 +618,7 @@ async def on_latency_chart(action: cl.Action) -> None:
         cells = [fmt_ms(row["mean_total_ms"]), fmt_ms(row["p95_total_ms"]), fmt_ms(row["mean_ttft_ms"]),
                  fmt_ms(row["p95_ttft_ms"]), f"{row['mean_tokens_per_s']:.1f}" if row["mean_tokens_per_s"] else "–"]
         table.append(f"| `{row['model']}` | {row['count']} | " + " | ".join(cells) + " |")
-    chart = cl.Plotly(name="Latency per message", figure=latency_figure(metrics), display="inline")
+    chart = cl.Plotly(name="Latency per message", figure=ui.follow_theme(latency_figure(metrics)), display="inline")
     await cl.Message(
         content="Latency per message (retrieval, waiting for the first token, generation), by model.\n\n"
         + "\n".join(table)

@@ -1,28 +1,152 @@
-"""Chainlit rendering of the pipeline's events: retrieval steps, source elements, the metrics bar."""
+"""Chainlit rendering of the pipeline's events: retrieval step, cited sources, the metrics bar, settings labels."""
 
 from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
 
 import chainlit as cl
 
 from assistant.events import SourcesFound, TurnFinished
+from assistant.settings import RoutingMode
+from rag.bm25 import analyze
 from rag.types import ScoredChunk
 from routing.metrics import TurnMetrics
 
 ANSWER_FOOTER = "\n\n---\n"
 SNIPPET_CHARS = 160
+CITED_BY_MODEL = "model"  # the answer cites it as [n]
+CITED_BY_APP = "app"  # the model cited nothing; the app lists what it gave the model
+
+_CITATION = re.compile(r"\[(\s*\d+(?:\s*[,;]\s*\d+)*\s*)\]")
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
 
 
-def source_label(number: int, scored: ScoredChunk) -> str:
-    return f"[{number}] {scored.chunk.location}"
+# ------------------------------------------------------------------------------------------------
+# Sources
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SourceView:
+    """One source as the reader sees it under an answer."""
+
+    number: int  # [n] in the answer and in the prompt
+    label: str  # the file (and section when it says more than the file name)
+    location: str  # file, with page for PDFs
+    excerpt: str  # the text the model was given
+    score: float  # BM25
+    cited_by: str  # CITED_BY_MODEL or CITED_BY_APP
+    # The excerpt cut into [text, highlighted] runs: words of the question are highlighted.
+    segments: list[list] = field(default_factory=list)
+
+
+def highlight_segments(text: str, question: str) -> list[list]:
+    """``text`` as [[run, is_match], ...] where matches are words whose BM25 term is one of the question's."""
+    terms = set(analyze(question))
+    segments: list[list] = []
+    position = 0
+    for match in _WORD.finditer(text):
+        stems = analyze(match.group(0))
+        hit = bool(stems) and stems[0] in terms
+        if not hit:
+            continue
+        if match.start() > position:
+            segments.append([text[position:match.start()], False])
+        segments.append([match.group(0), True])
+        position = match.end()
+    if position < len(text):
+        segments.append([text[position:], False])
+    return segments
+
+
+def source_label(scored: ScoredChunk) -> str:
+    chunk = scored.chunk
+    file_name = chunk.source.rsplit("/", 1)[-1]
+    redundant = {chunk.source, file_name, file_name.rsplit(".", 1)[0], ""}
+    label = chunk.location
+    if chunk.title and chunk.title not in redundant:
+        label += f" — {chunk.title}"
+    return label
+
+
+def source_views(sources_used: list[ScoredChunk], cited: list[int], question: str) -> list[SourceView]:
+    """The sources to list under an answer: the ones it cites, in citation order; when it cites none,
+    every source the model was given (marked as listed by the app, not cited)."""
+    numbers = [n for n in cited if 1 <= n <= len(sources_used)]
+    cited_by = CITED_BY_MODEL
+    if not numbers:
+        numbers, cited_by = list(range(1, len(sources_used) + 1)), CITED_BY_APP
+    views = []
+    for number in numbers:
+        scored = sources_used[number - 1]
+        views.append(SourceView(
+            number=number,
+            label=source_label(scored),
+            location=scored.chunk.location,
+            excerpt=scored.chunk.text,
+            score=round(scored.score, 2),
+            cited_by=cited_by,
+            segments=highlight_segments(scored.chunk.text, question),
+        ))
+    return views
+
+
+def citation_anchor(anchor: str, number: int) -> str:
+    return f"#source-{anchor}-{number}"
+
+
+def link_citations(text: str, numbers: set[int], anchor: str) -> str:
+    """Turn each [n] the sources list shows into a link the Sources element opens (``#source-<anchor>-<n>``).
+    Numbers with no listed source stay plain text."""
+
+    def replace(match: re.Match) -> str:
+        parts = [int(p) for p in re.split(r"[,;]", match.group(1))]
+        if not any(p in numbers for p in parts):
+            return match.group(0)
+        linked = [f"[{p}]({citation_anchor(anchor, p)})" if p in numbers else str(p) for p in parts]
+        return "\\[" + ", ".join(linked) + "\\]"
+
+    return _CITATION.sub(replace, text)
+
+
+def sources_props(views: list[SourceView], anchor: str) -> dict:
+    return {"anchor": anchor, "sources": [asdict(v) for v in views]}
+
+
+def sources_element(views: list[SourceView], anchor: str) -> cl.CustomElement:
+    # Inline, not side: Chainlit opens its side panel by itself whenever side elements change.
+    return cl.CustomElement(name="Sources", props=sources_props(views, anchor), display="inline")
+
+
+def sources_line(views: list[SourceView]) -> str:
+    if not views:
+        return ""
+    title = "Cited sources" if views[0].cited_by == CITED_BY_MODEL else "Sources given to the model (none cited)"
+    return f"{title}: " + ", ".join(f"[{v.number}] {v.location}" for v in views)
+
+
+def render_sources(finished: TurnFinished, question: str, anchor: str) -> tuple[str, list[SourceView]]:
+    """(answer text with each cited [n] linked to its source, the sources to list) for a finished turn."""
+    views = source_views(finished.sources_used, finished.cited, question)
+    linked = link_citations(finished.text, {v.number for v in views if v.cited_by == CITED_BY_MODEL}, anchor)
+    return linked, views
+
+
+# ------------------------------------------------------------------------------------------------
+# Retrieval step
+# ------------------------------------------------------------------------------------------------
 
 
 async def show_retrieval(event: SourcesFound, min_score: float) -> None:
-    async with cl.Step(name="Retrieval", type="retrieval", default_open=False) as step:
-        step.input = event.query
+    # show_input=False: the query goes in the text, not in a code box labelled "json".
+    async with cl.Step(name="Retrieval", type="retrieval", default_open=False, show_input=False,
+                       icon="search") as step:
+        query = " ".join(event.query.split())
         if not event.sources:
-            step.output = f"No source matched the question ({event.retrieval_ms:.1f} ms)."
+            step.output = f"Searched for: *{query}*\n\nNo source matched the question ({event.retrieval_ms:.1f} ms)."
             return
-        rows = ["| # | score | source | excerpt |", "|---|---|---|---|"]
+        rows = [f"Searched for: *{query}*\n", "| # | score | source | excerpt |", "|---|---|---|---|"]
         for i, scored in enumerate(event.sources, start=1):
             excerpt = " ".join(scored.chunk.text.split())[:SNIPPET_CHARS].replace("|", "\\|")
             weak = "" if scored.score >= min_score else " (weak)"
@@ -31,22 +155,17 @@ async def show_retrieval(event: SourcesFound, min_score: float) -> None:
         step.output = "\n".join(rows)
 
 
-def source_elements(finished: TurnFinished) -> tuple[str, list[cl.Text]]:
-    """The 'Sources' footer line and one side-panel element per cited source (all used sources if none cited)."""
-    if not finished.sources_used:
-        return "", []
-    numbers = [n for n in finished.cited if 1 <= n <= len(finished.sources_used)]
-    if not numbers:
-        numbers = list(range(1, len(finished.sources_used) + 1))
-    elements, labels = [], []
-    for number in numbers:
-        scored = finished.sources_used[number - 1]
-        label = source_label(number, scored)
-        labels.append(label)
-        heading = f"**{scored.chunk.title}** — {scored.chunk.location} (chunk {scored.chunk.position + 1}, score {scored.score:.2f})"
-        elements.append(cl.Text(name=label, content=f"{heading}\n\n{scored.chunk.text}", display="side"))
-    title = "Cited sources" if finished.cited else "Sources given to the model (none cited)"
-    return f"{title}: " + ", ".join(labels), elements
+async def show_escalation(reason: str, from_model: str, draft: str, early: bool) -> None:
+    # A fixed step name: Chainlit asks /avatars/<name> for it, and a reason with "<" or ":" answers 400.
+    async with cl.Step(name="Escalated to the large model", type="llm", default_open=False, show_input=False,
+                       icon="arrow-up-right") as step:
+        when = "stopped early" if early else "after the answer"
+        step.output = (f"**Why:** {reason} ({when}).\n\nDraft by `{from_model}`, set aside:\n\n{draft or '(empty)'}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Metrics bar
+# ------------------------------------------------------------------------------------------------
 
 
 def metrics_props(metrics: TurnMetrics, session_cost_usd: float) -> dict:
@@ -54,8 +173,63 @@ def metrics_props(metrics: TurnMetrics, session_cost_usd: float) -> dict:
     final_leg = metrics.legs[-1] if metrics.legs else None
     props["decode_tokens_per_s"] = final_leg.decode_tokens_per_s if final_leg else None
     props["session_cost_usd"] = session_cost_usd
+    answering = [leg for leg in metrics.legs if leg.model == metrics.answered_by] if metrics.answered_by else []
+    props["answered_role"] = answering[-1].role if answering else None
     return props
 
 
 def metrics_element(metrics: TurnMetrics, session_cost_usd: float) -> cl.CustomElement:
     return cl.CustomElement(name="MetricsBar", props=metrics_props(metrics, session_cost_usd), display="inline")
+
+
+# ------------------------------------------------------------------------------------------------
+# Routing modes in the settings
+# ------------------------------------------------------------------------------------------------
+
+
+def mode_labels(small: str, large: str) -> dict[str, str]:
+    """One distinct label per routing mode, naming the model each uses (also when one model serves both roles)."""
+    if small == large:
+        return {
+            RoutingMode.AUTOMATIC.value: f"Automatic — {small} answers; no escalation (same model in both roles)",
+            RoutingMode.SMALL_ONLY.value: f"Small model only — {small}",
+            RoutingMode.LARGE_ONLY.value: f"Large model only — {large} (same model as small)",
+            RoutingMode.DRAFT_THEN_REFINE.value: f"Draft then refine — {small} drafts and refines",
+        }
+    return {
+        RoutingMode.AUTOMATIC.value: f"Automatic — {small} first, {large} when the answer is weak",
+        RoutingMode.SMALL_ONLY.value: f"Small model only — {small}",
+        RoutingMode.LARGE_ONLY.value: f"Large model only — {large}",
+        RoutingMode.DRAFT_THEN_REFINE.value: f"Draft then refine — {small} drafts, {large} corrects",
+    }
+
+
+def mode_description(small: str, large: str) -> str:
+    text = "Which model answers. A change applies from the next message."
+    if small == large:
+        text += (f" One model, {small}, serves both the small and the large role here, so the modes give "
+                 "the same answers; configure a second model to compare them.")
+    return text
+
+
+# ------------------------------------------------------------------------------------------------
+# Charts
+# ------------------------------------------------------------------------------------------------
+
+NEUTRAL_TEXT = "#8b95a5"  # readable on Chainlit's light and dark backgrounds
+NEUTRAL_GRID = "rgba(139, 149, 165, 0.25)"
+
+
+def follow_theme(figure):
+    """A figure that sits on the page's own background: transparent, with text and grid lines in a grey
+    that reads on the light and the dark theme (Plotly's default template paints white boxes)."""
+    figure.update_layout(
+        template="none",
+        paper_bgcolor="rgba(0,0,0,0)",
+        plot_bgcolor="rgba(0,0,0,0)",
+        font={"color": NEUTRAL_TEXT},
+        legend={"bgcolor": "rgba(0,0,0,0)"},
+    )
+    figure.update_xaxes(gridcolor=NEUTRAL_GRID, linecolor=NEUTRAL_GRID, zerolinecolor=NEUTRAL_GRID)
+    figure.update_yaxes(gridcolor=NEUTRAL_GRID, linecolor=NEUTRAL_GRID, zerolinecolor=NEUTRAL_GRID)
+    return figure

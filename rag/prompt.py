@@ -38,6 +38,11 @@ _CITATION = re.compile(r"\[(\s*\d+(?:\s*[,;]\s*\d+)*\s*)\]")
 _MIN_TRUNCATED_SOURCE_TOKENS = 48
 _MIN_OVERLAP_CHARS = 20
 
+HISTORY_FULL = "full"
+HISTORY_SUMMARY = "summary"
+FULL_HISTORY_MIN_CONTEXT = 8192  # tokens of context window from which earlier answers are sent whole
+SUMMARY_TOKENS = 40
+
 
 @dataclass
 class GroundedPrompt:
@@ -126,13 +131,41 @@ def remove_overlaps(sources: list[ScoredChunk]) -> list[ScoredChunk]:
     return kept
 
 
-def _conversation(history) -> list[dict]:
-    """Only user/assistant turns with text: history can never add a system message."""
+def summarise_answer(text: str, max_tokens: int = SUMMARY_TOKENS) -> str:
+    """An earlier answer in short: its first sentence, without [n] citations (their numbers named
+    another turn's sources), cut to ``max_tokens``."""
+    plain = " ".join(_CITATION.sub("", text).split())
+    plain = re.sub(r"\s+([.,;:!?])", r"\1", plain)
+    match = re.search(r"(?<=[.!?])\s", plain)
+    first = plain[: match.start()] if match else plain
+    tokens = encode(first)
+    if len(tokens) > max_tokens:
+        first = decode(tokens[:max_tokens]).rstrip("\ufffd").rstrip() + " ..."
+    return first
+
+
+def history_style_for(context_window: int) -> str:
+    """Whole earlier answers where the window has room for them; short summaries below that.
+
+    Small models with small windows copy an earlier answer they are shown word for word instead of
+    answering the new question (benchmarks/followups.py measures it); a summary still tells them
+    what the conversation was about.
+    """
+    return HISTORY_FULL if context_window >= FULL_HISTORY_MIN_CONTEXT else HISTORY_SUMMARY
+
+
+def _conversation(history, style: str = HISTORY_FULL) -> list[dict]:
+    """Only user/assistant turns with text: history can never add a system message.
+
+    ``style`` HISTORY_SUMMARY replaces each earlier answer by :func:`summarise_answer`.
+    """
     turns = []
     for message in history or ():
         role = message.get("role")
         content = message.get("content")
         if role in ("user", "assistant") and isinstance(content, str) and content.strip():
+            if role == "assistant" and style == HISTORY_SUMMARY:
+                content = summarise_answer(content) or content
             turns.append({"role": role, "content": content})
     return turns
 
@@ -173,6 +206,7 @@ def build_grounded_messages(
     context_window: int = 2048,
     max_answer_tokens: int = 512,
     history_budget: int = 1200,
+    history_style: str | None = None,
 ) -> GroundedPrompt:
     """Messages that fit in ``context_window - max_answer_tokens`` tokens (tiktoken estimate).
 
@@ -180,6 +214,7 @@ def build_grounded_messages(
     history, newest first. History is first cut to ``history_budget``; while sources are placed, it
     keeps at most a third of the room (less if the sources need it), and takes back whatever room the
     sources leave unused. A source that does not fit whole is cut short if a useful part fits.
+    ``history_style``: HISTORY_FULL or HISTORY_SUMMARY; by default chosen by :func:`history_style_for`.
     """
     budget = context_window - max_answer_tokens
     system = {"role": "system", "content": SYSTEM_PROMPT}
@@ -188,7 +223,8 @@ def build_grounded_messages(
     def fixed_cost(blocks: list[str]) -> int:
         return count_message_tokens([system, {"role": "user", "content": _user_message(question, blocks)}])
 
-    turns = _trim_history(_conversation(history), max(0, min(history_budget, budget - fixed_cost([]))))
+    style = history_style or history_style_for(context_window)
+    turns = _trim_history(_conversation(history, style), max(0, min(history_budget, budget - fixed_cost([]))))
     if candidates:
         turns_while_placing = _trim_history(turns, max(0, budget - fixed_cost([])) // 3)
     else:
