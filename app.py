@@ -8,7 +8,6 @@ import os
 import secrets
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import chainlit as cl
@@ -179,36 +178,23 @@ def session_metrics() -> SessionMetrics:
     return metrics
 
 
-@dataclass
-class ServedModels:
-    """The served model ids behind the small and large roles (the aliases when the server does not answer)."""
-
-    small: str
-    large: str
-    error: str | None = None  # why the server could not be asked
-
-    @property
-    def one_model(self) -> bool:
-        return self.small == self.large
+_served_cache: dict[str, tuple[float, ui.ServedModels]] = {}
 
 
-_served_cache: dict[str, tuple[float, ServedModels]] = {}
-
-
-async def served_models(max_age_s: float = 15.0) -> ServedModels:
+async def served_models(max_age_s: float = 15.0) -> ui.ServedModels:
     cached = _served_cache.get("models")
     if cached and time.monotonic() - cached[0] < max_age_s:
         return cached[1]
     try:
-        models = ServedModels(await client.resolve(settings.small_model, refresh=True),
+        models = ui.ServedModels(await client.resolve(settings.small_model, refresh=True),
                               await client.resolve(settings.large_model, refresh=True))
     except ModelServerError as exc:
-        models = ServedModels(settings.small_model, settings.large_model, error=str(exc))
+        models = ui.ServedModels(settings.small_model, settings.large_model, error=str(exc))
     _served_cache["models"] = (time.monotonic(), models)
     return models
 
 
-def embedded_model_in_use(models: ServedModels) -> bool:
+def embedded_model_in_use(models: ui.ServedModels) -> bool:
     """The bundled SmolLM2 answers: started by the launcher, or served under its own name by a server we were pointed at."""
     if settings.embedded_active:
         return True
@@ -222,7 +208,7 @@ def embedded_model_in_use(models: ServedModels) -> bool:
     return models.small in names
 
 
-def chat_settings_widgets(values: dict, models: ServedModels) -> list:
+def chat_settings_widgets(values: dict, models: ui.ServedModels) -> list:
     defaults = RoutingOptions.from_settings(settings)
     mode = values.get("mode", RoutingMode(defaults.mode).value)
     labels = ui.mode_labels(models.small, models.large)
@@ -266,7 +252,7 @@ async def mode_label(mode: str) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def welcome_text(models: ServedModels) -> str:
+def welcome_text(models: ui.ServedModels) -> str:
     sources = knowledge_sources()
     folder = settings.knowledge_dir.name
     text = (
@@ -324,7 +310,7 @@ async def starters(user=None, language=None):
     return [cl.Starter(label=label, message=question) for label, question in starter_questions()]
 
 
-async def model_status(models: ServedModels) -> str:
+async def model_status(models: ui.ServedModels) -> str:
     if models.error:
         return f"- not available: {models.error}"
     lines = []
@@ -498,7 +484,7 @@ async def finish_answer(question, message, finished: TurnFinished | None, notice
     if finished.metrics.legs:
         metrics.add(finished.metrics)
     message.content = body.strip() + ui.ANSWER_FOOTER + footer
-    message.elements = elements + [ui.metrics_element(finished.metrics, metrics.total_cost_usd)]
+    message.elements = [ui.metrics_element(finished.metrics, metrics.total_cost_usd)] + elements
     message.actions = [cl.Action(name="latency_chart", payload={}, label="Latency chart", icon="chart-column")]
     remember(question, finished.text)
     conversations.update(thread_id(), metrics=metrics.to_dict())
@@ -618,7 +604,8 @@ async def on_latency_chart(action: cl.Action) -> None:
         cells = [fmt_ms(row["mean_total_ms"]), fmt_ms(row["p95_total_ms"]), fmt_ms(row["mean_ttft_ms"]),
                  fmt_ms(row["p95_ttft_ms"]), f"{row['mean_tokens_per_s']:.1f}" if row["mean_tokens_per_s"] else "–"]
         table.append(f"| `{row['model']}` | {row['count']} | " + " | ".join(cells) + " |")
-    chart = cl.Plotly(name="Latency per message", figure=ui.follow_theme(latency_figure(metrics)), display="inline")
+    chart = cl.Plotly(name="Latency per message", figure=ui.follow_theme(latency_figure(metrics)).update_xaxes(type="category"),
+                       display="inline")
     await cl.Message(
         content="Latency per message (retrieval, waiting for the first token, generation), by model.\n\n"
         + "\n".join(table)

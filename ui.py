@@ -41,9 +41,15 @@ class SourceView:
     segments: list[list] = field(default_factory=list)
 
 
+# Question words the search keeps as terms but a reader does not look for in a passage.
+_NOT_HIGHLIGHTED = frozenset(analyze(" ".join(
+    ["how", "does", "do", "did", "what", "which", "who", "whom", "why", "when", "where", "can", "could", "would",
+     "should", "tell", "explain", "describe", "please"])))
+
+
 def highlight_segments(text: str, question: str) -> list[list]:
     """``text`` as [[run, is_match], ...] where matches are words whose BM25 term is one of the question's."""
-    terms = set(analyze(question))
+    terms = set(analyze(question)) - _NOT_HIGHLIGHTED
     segments: list[list] = []
     position = 0
     for match in _WORD.finditer(text):
@@ -185,6 +191,19 @@ def metrics_element(metrics: TurnMetrics, session_cost_usd: float) -> cl.CustomE
 # ------------------------------------------------------------------------------------------------
 # Routing modes in the settings
 # ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ServedModels:
+    """The served model ids behind the small and large roles (the aliases when the server does not answer)."""
+
+    small: str
+    large: str
+    error: str | None = None  # why the server could not be asked
+
+    @property
+    def one_model(self) -> bool:
+        return self.small == self.large
 
 
 def mode_labels(small: str, large: str) -> dict[str, str]:

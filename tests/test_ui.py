@@ -40,6 +40,7 @@ def test_the_question_words_are_highlighted_in_the_excerpt_by_their_search_terms
     highlighted = [run for run, hit in segments if hit]
     assert highlighted == ["router", "escalates", "answers"]  # stems match: escalate ~ escalates
     assert not any(hit for run, hit in ui.highlight_segments("The the of", "the"))  # stopwords never
+    assert not any(hit for run, hit in ui.highlight_segments("How does it do that", "How does it do that?"))
 
 
 def test_citations_become_links_to_their_source_and_unknown_numbers_stay_text():
