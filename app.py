@@ -262,8 +262,8 @@ def welcome_text(models: ui.ServedModels) -> str:
         "to read that passage. Answers come from your documents, not from the internet.\n\n"
     )
     if models.error:
-        text += (f"**Models:** no model server answers yet, so questions get a message saying what to start. "
-                 f"(Expected {settings.small_model} and {settings.large_model}.)")
+        text += (f"**Models:** not available: no model server answers yet ({settings.small_model} and "
+                 f"{settings.large_model} are expected), so a question gets a message saying what to start.")
     elif embedded_model_in_use(models):
         text += (f"**Models:** {models.small}, a tiny model built into the app, answers every question because "
                  "no other model server was found.\n\n"

@@ -9,7 +9,8 @@ and prompt builder the app uses (:func:`rag.prompt.build_grounded_messages`):
 
 * ``none``: no history at all: how much two answers over the same documents overlap by themselves;
 * ``full``: the earlier question and the whole earlier answer (what the app sent before);
-* ``summary``: the earlier question and a one-sentence summary of the answer (:func:`rag.prompt.summarise_answer`).
+* ``summary``: the earlier question and a one-sentence summary of the answer (:func:`rag.prompt.summarise_answer`);
+* ``questions``: only the earlier questions, in front of the new one (no earlier answer to copy).
 
 A follow-up answer counts as a repeat when it is mostly the first answer again: difflib's similarity
 ratio of the two (whitespace-normalised, citations removed) is at least 0.6, or the follow-up answer
@@ -33,7 +34,7 @@ from pathlib import Path
 
 from assistant.embedded import EMBEDDED_TOP_K, EmbeddedModelServer, default_model_path
 from rag.knowledge import KnowledgeBase
-from rag.prompt import HISTORY_FULL, HISTORY_SUMMARY, build_grounded_messages
+from rag.prompt import HISTORY_FULL, HISTORY_QUESTIONS, HISTORY_SUMMARY, build_grounded_messages
 from routing.client import ModelClient
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ PAIRS = [
     ("What does /docs do?", "How do I remove an upload?"),
 ]
 
-STYLES = {"none": None, "full": HISTORY_FULL, "summary": HISTORY_SUMMARY}
+STYLES = {"none": None, "full": HISTORY_FULL, "summary": HISTORY_SUMMARY, "questions": HISTORY_QUESTIONS}
 _CITATION = re.compile(r"\[[\d,;\s]+\]")
 
 
@@ -114,7 +115,7 @@ async def run(args, endpoint: str, model: str) -> dict[str, StyleResult]:
                 for name in args.styles:
                     style = STYLES[name]
                     follow_a, seconds, tokens = await answer(
-                        client, model, knowledge, follow_q, history if style else [], style, args)
+                        client, model, knowledge, follow_q, history if style else [], style or HISTORY_FULL, args)
                     result = results[name]
                     result.similarities.append(similarity(first_a, follow_a))
                     result.repeats += is_repeat(first_a, follow_a)
@@ -133,10 +134,10 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--top-k", type=int, default=EMBEDDED_TOP_K)
     parser.add_argument("--context-window", type=int, default=2048)
-    parser.add_argument("--styles", default="none,full,summary")
+    parser.add_argument("--styles", default="none,full,summary,questions")
     parser.add_argument("--model-endpoint")
     parser.add_argument("--model", help="model alias at --model-endpoint")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     args.styles = [s.strip() for s in args.styles.split(",") if s.strip()]
     unknown = [s for s in args.styles if s not in STYLES]

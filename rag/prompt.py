@@ -40,6 +40,8 @@ _MIN_OVERLAP_CHARS = 20
 
 HISTORY_FULL = "full"
 HISTORY_SUMMARY = "summary"
+HISTORY_QUESTIONS = "questions"
+EARLIER_QUESTIONS_HEADING = "Earlier questions in this conversation (context only; answer the question below):"
 FULL_HISTORY_MIN_CONTEXT = 8192  # tokens of context window from which earlier answers are sent whole
 SUMMARY_TOKENS = 40
 
@@ -166,8 +168,15 @@ def _conversation(history, style: str = HISTORY_FULL) -> list[dict]:
         if role in ("user", "assistant") and isinstance(content, str) and content.strip():
             if role == "assistant" and style == HISTORY_SUMMARY:
                 content = summarise_answer(content) or content
+            if role == "assistant" and style == HISTORY_QUESTIONS:
+                continue
             turns.append({"role": role, "content": content})
     return turns
+
+
+def _with_earlier_questions(questions: list[str], user_content: str) -> str:
+    lines = "\n".join(f"- {' '.join(neutralise(q).split())}" for q in questions)
+    return f"{EARLIER_QUESTIONS_HEADING}\n{lines}\n\n{user_content}"
 
 
 def _message_cost(message: dict) -> int:
@@ -214,7 +223,8 @@ def build_grounded_messages(
     history, newest first. History is first cut to ``history_budget``; while sources are placed, it
     keeps at most a third of the room (less if the sources need it), and takes back whatever room the
     sources leave unused. A source that does not fit whole is cut short if a useful part fits.
-    ``history_style``: HISTORY_FULL or HISTORY_SUMMARY; by default chosen by :func:`history_style_for`.
+    ``history_style``: HISTORY_FULL, HISTORY_SUMMARY (earlier answers cut to a sentence) or HISTORY_QUESTIONS
+    (earlier questions only, in front of this one); by default chosen by :func:`history_style_for`.
     """
     budget = context_window - max_answer_tokens
     system = {"role": "system", "content": SYSTEM_PROMPT}
@@ -254,6 +264,15 @@ def build_grounded_messages(
     user = {"role": "user", "content": _user_message(question, blocks)}
     turns = _trim_history(turns, max(0, budget - count_message_tokens([system, user])))
     messages = [system, *turns, user]
+    if style == HISTORY_QUESTIONS and turns:
+        # No earlier answers to copy: the earlier questions go in front of this one, oldest dropped first.
+        questions = [turn["content"] for turn in turns]
+        while questions:
+            asked = {"role": "user", "content": _with_earlier_questions(questions, user["content"])}
+            if count_message_tokens([system, asked]) <= budget:
+                break
+            questions = questions[1:]
+        messages = [system, asked] if questions else [system, user]
     return GroundedPrompt(messages=messages, sources_used=used, prompt_tokens=count_message_tokens(messages))
 
 

@@ -36,25 +36,43 @@ export default function Sources() {
   const data = sourcesProps();
   const anchor = data.anchor || "";
   const sources = data.sources || [];
-  const [open, setOpen] = useState(null);
+  // The open source lives outside the component (see public/chat.js): Chainlit may render the element
+  // again, and a citation may be clicked before the element has loaded.
+  const store = (window.__sourcesOpen = window.__sourcesOpen || {});
+  const [open, setOpenState] = useState(store[anchor] ?? null);
   const prefix = `#source-${anchor}-`;
 
+  function setOpen(number, scroll) {
+    store[anchor] = number;
+    setOpenState(number);
+    if (scroll && number !== null) {
+      setTimeout(() => {
+        const row = document.getElementById(`source-${anchor}-${number}`);
+        if (row) row.scrollIntoView({ block: "nearest", behavior: "smooth" });
+      }, 30);
+    }
+  }
+
   useEffect(() => {
+    const onOpenSource = (event) => {
+      if (event.detail && event.detail.anchor === anchor) setOpen(event.detail.number, true);
+    };
+    // Without public/chat.js the click itself is caught here.
     function onClick(event) {
       const link = event.target && event.target.closest ? event.target.closest("a") : null;
       const href = link ? link.getAttribute("href") || "" : "";
       if (!href.startsWith(prefix)) return;
       event.preventDefault();
       event.stopPropagation();
-      const number = parseInt(href.slice(prefix.length), 10);
-      setOpen(number);
-      setTimeout(() => {
-        const row = document.getElementById(`source-${anchor}-${number}`);
-        if (row) row.scrollIntoView({ block: "nearest", behavior: "smooth" });
-      }, 30);
+      setOpen(parseInt(href.slice(prefix.length), 10), true);
     }
+    if (store[anchor] !== undefined && store[anchor] !== open) setOpenState(store[anchor]);
+    window.addEventListener("open-source", onOpenSource);
     document.addEventListener("click", onClick, true);
-    return () => document.removeEventListener("click", onClick, true);
+    return () => {
+      window.removeEventListener("open-source", onOpenSource);
+      document.removeEventListener("click", onClick, true);
+    };
   }, [anchor]);
 
   if (!sources.length) return null;

@@ -146,8 +146,10 @@ def page(browser):
 
 def open_chat(page, server: AppServer) -> None:
     page.goto(server.url)
-    # Text typed before the socket connects is lost: wait for the welcome message.
+    # Text typed before the socket connects is lost. The welcome text comes with the page; the settings
+    # button appears once the app has answered over the socket (on_chat_start sends the chat settings).
     page.get_by_text("Answers come from your documents").first.wait_for(timeout=30_000)
+    page.locator("#chat-settings-open-modal").wait_for(timeout=30_000)
 
 
 def ask(page, question: str) -> None:

@@ -285,3 +285,86 @@ def test_steps_read_as_text_avatars_resolve_and_the_chart_follows_the_dark_theme
     bad = [(url, status) for url, status in watch_avatars if status >= 400]
     assert watch_avatars and not bad, bad
     fake_models.script(SMALL, CITING)
+
+
+# ------------------------------------------------------------------------------------------------ 6. walkthrough
+
+UPLOAD = ("# Falcon rollout\n\nThe Falcon rollout checklist has exactly seventeen steps. "
+          "Step eleven is the canary review, owned by the platform team.\n")
+UPLOAD_ANSWER = Script(tokens=["The", " checklist", " has", " seventeen", " steps", " [1]", "."], logprobs=[-0.01] * 7)
+
+
+def test_walkthrough_ask_source_modes_upload_stop_feedback_resume(page, scripted_app, fake_models, watch_avatars):
+    open_chat(page, scripted_app)
+    assert page.locator("#starters button").count() >= 3
+    shot(page, "walk-1-welcome")
+
+    # ask, then open a cited source
+    ask(page, QUESTION)
+    wait_for_answer(page)
+    answer_block(page).get_by_role("link", name="1").first.click()  # at once, even before the list has loaded
+    answer_block(page).locator('[data-testid="source"][data-open="true"][data-number="1"]').wait_for()
+    assert not side_panel_open(page) and len(page.context.pages) == 1
+    shot(page, "walk-2-cited-source")
+
+    # every routing mode, each answer saying which role and model wrote it
+    for label, role in (("Small model only", "small"), ("Large model only", "large"), ("Automatic", "small"),
+                        ("Draft then refine", None)):
+        pin(page, label)
+        ask(page, f"Which model answers now? ({label})")
+        wait_for_answer(page)
+        badge = answer_block(page).locator('[data-testid="metrics-model"]').inner_text()
+        assert badge.startswith(f"{role} model · ") if role else " model · " in badge, (label, badge)
+    shot(page, "walk-3-modes")
+
+    # upload and ask: the cited source is the upload
+    pin(page, "Small model only")
+    page.locator("#upload-button-input").set_input_files(
+        [{"name": "falcon.md", "mimeType": "text/markdown", "buffer": UPLOAD.encode()}])
+    fake_models.script(SMALL, UPLOAD_ANSWER)
+    ask(page, "How many steps does the Falcon rollout checklist have?")  # sent with the attachment
+    wait_for_answer(page)
+    page.get_by_text("falcon.md is ready for this conversation").first.wait_for()
+    upload_answer = answer_block(page)
+    upload_answer.get_by_role("link", name="1").first.click()
+    opened = upload_answer.locator('[data-testid="source"][data-open="true"]')
+    opened.wait_for()
+    assert "falcon.md" in opened.inner_text() and "seventeen" in opened.inner_text()
+    shot(page, "walk-4-upload-source")
+
+    # stop: one message, saying the answer is unfinished
+    fake_models.script(SMALL, Script(tokens=[f" word{i}" for i in range(300)], token_delay=0.05, logprobs=[-0.01] * 300))
+    ask(page, "Write a very long answer.")
+    page.locator(ASSISTANT).last.get_by_text("word5").wait_for(timeout=20_000)
+    page.locator("#stop-button").click()
+    page.get_by_text("the answer above is unfinished").last.wait_for(timeout=10_000)
+    fake_models.script(SMALL, CITING)
+
+    # feedback without a comment is kept
+    page.locator(ASSISTANT).filter(has_text="Answered by").first.locator(".positive-feedback-off").click()
+    page.locator("#submit-feedback").wait_for()
+    page.keyboard.press("Escape")
+    assert wait_for_ratings(scripted_app, 1) == [(1, None)]
+    shot(page, "walk-5-stop-and-feedback")
+
+    # resume after a restart: the same sources, one stop message, the rating, the chosen mode
+    thread_url = page.url
+    scripted_app.restart()
+    page.goto(thread_url)
+    page.get_by_text("Write a very long answer.").first.wait_for(timeout=30_000)
+    page.locator('[data-testid="sources"]').first.wait_for(timeout=15_000)
+    page.wait_for_timeout(1000)
+    body = page.locator("body").inner_text()
+    assert body.count("the answer above is unfinished") == 1 and "Task manually stopped" not in body
+    assert not side_panel_open(page), "the side panel opened by itself on resume"
+    assert page.locator('[data-testid="sources"]').count() == 6  # every answer keeps its sources list
+    assert page.locator(".positive-feedback-on").count() == 1
+    first = page.locator(ASSISTANT).filter(has_text="Answered by").first
+    first.get_by_role("link", name="2").first.click()
+    first.locator('[data-testid="source"][data-open="true"][data-number="2"]').wait_for()
+    page.locator("#chat-settings-open-modal").click()
+    assert "Small model only" in page.locator("#mode").inner_text()
+    page.keyboard.press("Escape")
+    shot(page, "walk-6-resumed")
+    bad = [(url, status) for url, status in watch_avatars if status >= 400]
+    assert not bad, bad
