@@ -265,8 +265,8 @@ def welcome_text(models: ui.ServedModels) -> str:
         text += (f"**Models:** not available: no model server answers yet ({settings.small_model} and "
                  f"{settings.large_model} are expected), so a question gets a message saying what to start.")
     elif embedded_model_in_use(models):
-        text += (f"**Models:** {models.small}, a tiny model built into the app, answers every question because "
-                 "no other model server was found.\n\n"
+        why = " because no other model server was found" if settings.embedded_active else ""
+        text += (f"**Models:** {models.small}, the tiny model bundled with the app, answers every question{why}.\n\n"
                  "⚠️ **The embedded model is for trying the app: its answers are weak** (it misreads, repeats and "
                  "invents). Start Foundry Local or another model server for useful answers.")
     elif models.one_model:

@@ -147,13 +147,13 @@ def summarise_answer(text: str, max_tokens: int = SUMMARY_TOKENS) -> str:
 
 
 def history_style_for(context_window: int) -> str:
-    """Whole earlier answers where the window has room for them; short summaries below that.
+    """Whole earlier answers where the window has room for them; only the earlier questions below that.
 
-    Small models with small windows copy an earlier answer they are shown word for word instead of
-    answering the new question (benchmarks/followups.py measures it); a summary still tells them
-    what the conversation was about.
+    Small models with small windows copy an earlier answer they are shown instead of answering the new
+    question, and a one-sentence summary is copied just the same (benchmarks/followups.py measures it);
+    the earlier questions still tell them what the conversation is about.
     """
-    return HISTORY_FULL if context_window >= FULL_HISTORY_MIN_CONTEXT else HISTORY_SUMMARY
+    return HISTORY_FULL if context_window >= FULL_HISTORY_MIN_CONTEXT else HISTORY_QUESTIONS
 
 
 def _conversation(history, style: str = HISTORY_FULL) -> list[dict]:
