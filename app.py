@@ -6,12 +6,12 @@ import asyncio
 import logging
 import os
 import secrets
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import chainlit as cl
-from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
 from chainlit.context import init_ws_context
 from chainlit.input_widget import Select, Slider
 from chainlit.server import app as fastapi_app
@@ -19,19 +19,21 @@ from chainlit.session import WebsocketSession
 from chainlit.socket import sio
 from fastapi.responses import FileResponse, Response as HTTPResponse
 
-from assistant.conversations import ConversationStore
+from assistant.conversations import HISTORY_KEY, METRICS_KEY, ConversationStore, history_from_steps, metrics_from_steps
 from assistant.demo import install_demo_routes
 from assistant.embedded import EmbeddedModelError, default_model_path, model_name
-from assistant.events import AnswerStarted, Escalated, Notice, SourcesFound, Token, TurnFinished
-from assistant.pipeline import Pipeline
+from assistant.page import OfflinePage
+from assistant.events import AnswerStarted, Escalated, SourcesFound, Thinking, ThinkingFinished, Token, TurnFinished
+from assistant import wiring
+from assistant.record import TurnRecord
 from assistant.settings import RoutingMode, SettingsError, load_settings
-from assistant.storage import LocalFileStorage, ensure_schema
+from assistant.storage import LocalFileStorage, ensure_schema, thread_data_layer
 from assistant.uploads import UploadError, save_upload, share_document
-from rag.knowledge import KnowledgeBase
 from rag.documents import DocumentSet
+from rag.citations import strip_citations
 from rag.loaders import LoadError
-from routing.client import ModelClient, ModelServerError
-from routing.metrics import SessionMetrics, TurnMetrics, latency_figure, summary_rows
+from routing.client import ModelServerError
+from routing.metrics import SessionMetrics, latency_figure, summary_rows
 from routing.policy import RoutingOptions
 import ui
 
@@ -57,15 +59,8 @@ def _auth_secret() -> str:
 
 os.environ.setdefault("CHAINLIT_AUTH_SECRET", _auth_secret())
 
-client = ModelClient.from_settings(settings)
-knowledge = KnowledgeBase(
-    settings.knowledge_dir,
-    settings.cache_dir / "index",
-    backend=settings.bm25_backend.value,
-    chunk_tokens=settings.chunk_tokens,
-    chunk_overlap=settings.chunk_overlap,
-)
-pipeline = Pipeline(settings, client, knowledge)
+objects = wiring.build(settings)
+client, knowledge, pipeline = objects.client, objects.knowledge, objects.pipeline
 conversations = ConversationStore(settings.data_dir / "conversations")
 file_storage = LocalFileStorage(settings.data_dir / "files")
 documents_by_thread: dict[str, DocumentSet] = {}
@@ -91,7 +86,16 @@ async def shutdown() -> None:
 
 @cl.data_layer
 def data_layer():
-    return SQLAlchemyDataLayer(conninfo=settings.sqlalchemy_url, storage_provider=file_storage)
+    return thread_data_layer(settings.sqlalchemy_url, file_storage, forget_thread)
+
+
+async def forget_thread(thread_id: str) -> None:
+    """A deleted thread takes its conversation state and its uploaded files with it."""
+    documents_by_thread.pop(thread_id, None)
+    await conversations.adelete(thread_id)
+    uploads = settings.data_dir / "uploads" / thread_id
+    if uploads.resolve().parent == (settings.data_dir / "uploads").resolve():
+        await asyncio.to_thread(shutil.rmtree, uploads, True)
 
 
 if settings.auth_password:
@@ -132,6 +136,7 @@ def _install_get_routes() -> None:
 
 
 _install_get_routes()
+fastapi_app.add_middleware(OfflinePage)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -144,36 +149,48 @@ def thread_id() -> str:
 
 
 def documents() -> DocumentSet:
+    """This conversation's uploads: loaded by on_chat_resume; read here only when a session reconnects after
+    on_chat_end dropped them from memory (rare, and a small file)."""
     tid = thread_id()
     if tid not in documents_by_thread:
-        state = conversations.load(tid).get("documents")
-        docs = DocumentSet(
-            backend=settings.bm25_backend.value,
-            chunk_tokens=settings.chunk_tokens,
-            chunk_overlap=settings.chunk_overlap,
-        )
-        if state:
-            try:
-                docs = DocumentSet.from_state(state, backend=settings.bm25_backend.value)
-            except Exception as exc:  # a damaged state file must not stop the conversation
-                log.warning("could not restore uploads of %s: %s", tid, exc)
-        documents_by_thread[tid] = docs
+        documents_by_thread[tid] = document_set_from(tid, conversations.load(tid).get("documents"))
     return documents_by_thread[tid]
+
+
+def new_document_set() -> DocumentSet:
+    return DocumentSet(
+        backend=settings.bm25_backend.value,
+        chunk_tokens=settings.chunk_tokens,
+        chunk_overlap=settings.chunk_overlap,
+    )
+
+
+def document_set_from(tid: str, stored: dict | None) -> DocumentSet:
+    if stored:
+        try:
+            return DocumentSet.from_state(stored, backend=settings.bm25_backend.value)
+        except Exception as exc:  # a damaged state file must not stop the conversation
+            log.warning("could not restore uploads of %s: %s", tid, exc)
+    return new_document_set()
+
+
+async def load_documents(tid: str, state: dict) -> None:
+    """Restore a thread's uploads from its stored state, off the event loop."""
+    documents_by_thread[tid] = await asyncio.to_thread(document_set_from, tid, state.get("documents"))
 
 
 def knowledge_sources() -> list[str]:
     return sorted({chunk.source for chunk in knowledge.chunks})
 
 
-def save_documents() -> None:
-    conversations.update(thread_id(), documents=documents().to_state())
+async def save_documents() -> None:
+    await conversations.aupdate(thread_id(), documents=documents().to_state())
 
 
 def session_metrics() -> SessionMetrics:
     metrics = cl.user_session.get("metrics")
-    if metrics is None:
-        stored = conversations.load(thread_id()).get("metrics")
-        metrics = SessionMetrics.from_dict(stored) if stored else SessionMetrics()
+    if metrics is None:  # a resumed thread sets it from its answers' metadata (on_chat_resume)
+        metrics = SessionMetrics()
         cl.user_session.set("metrics", metrics)
     return metrics
 
@@ -316,6 +333,9 @@ async def model_status(models: ui.ServedModels) -> str:
     lines = []
     for role, alias, served in (("small", settings.small_model, models.small), ("large", settings.large_model, models.large)):
         lines.append(f"- {role}: `{served}`" + (f" (alias `{alias}`)" if served != alias else ""))
+        resolution = client.resolutions.get(alias)
+        if resolution and resolution.note:
+            lines[-1] += f" — {resolution.note}"
     return "\n".join(lines)
 
 
@@ -333,6 +353,8 @@ async def show_operator_details(values: dict) -> None:
             f" — the embedded llama.cpp model, because nothing answered at `{settings.configured_endpoint}` "
             "(start Foundry Local with `foundry service start` to use phi-4-mini and gpt-oss-20b)"
         )
+    if settings.discovery:
+        server_line += f"\nFound by: {settings.discovery}"
     # A step, not a message: it stays collapsed, and Chainlit keeps showing the welcome and starters.
     async with cl.Step(name="Server details", type="run", default_open=False, show_input=False,
                        icon="server") as step:
@@ -355,16 +377,20 @@ async def on_chat_start() -> None:
     log.info("new conversation %s", thread_id())
     await asyncio.to_thread(knowledge.refresh)
     values = await send_chat_settings({})
-    conversations.update(thread_id(), chat_settings=values)
+    await conversations.aupdate(thread_id(), chat_settings=values)
     await show_operator_details(values)
 
 
 @cl.on_chat_resume
 async def on_chat_resume(thread: dict) -> None:
     log.info("resuming conversation %s", thread["id"])
-    state = conversations.load(thread["id"])
+    state = await conversations.aload(thread["id"])
     await send_chat_settings(state.get("chat_settings") or {})
-    cl.user_session.set("history", state.get("history") or [])
+    # History and metrics are in the thread's own messages (their metadata), stored by Chainlit.
+    steps = thread.get("steps") or []
+    cl.user_session.set("history", history_from_steps(steps))
+    cl.user_session.set("metrics", metrics_from_steps(steps))
+    await load_documents(thread["id"], state)
     # A message sent here can lose a race with the browser loading the thread, so uploads are restored
     # silently; /docs lists them.
     restored = documents().documents()
@@ -375,10 +401,16 @@ async def on_chat_resume(thread: dict) -> None:
 async def on_settings_update(values: dict) -> None:
     merged = {**(cl.user_session.get("chat_settings") or {}), **values}
     cl.user_session.set("chat_settings", merged)
-    conversations.update(thread_id(), chat_settings=merged)
+    await conversations.aupdate(thread_id(), chat_settings=merged)
     mode = merged.get("mode", settings.routing_mode.value)
     await cl.Message(content=f"Settings saved. Routing from the next message: **{await mode_label(mode)}**.",
                      author="assistant").send()
+
+
+@cl.on_chat_end
+async def on_chat_end() -> None:
+    # The browser left: the uploads stay stored (a resume loads them again), not in memory.
+    documents_by_thread.pop(thread_id(), None)
 
 
 @cl.on_stop
@@ -423,8 +455,8 @@ async def answer(question: str) -> None:
     options = routing_options()
     message: cl.Message | None = None
     streamed = ""
-    finished: TurnFinished | None = None
-    notices: list[Notice] = []
+    record: TurnRecord | None = None
+    thinking: ui.ThinkingStep | None = None  # a reasoning model's thinking, streamed above its answer
     stage = "searching the documents"  # what was going on, for a stop message true to what happened
     try:
         async for event in pipeline.run(question, history=history, options=options, documents=documents()):
@@ -435,20 +467,29 @@ async def answer(question: str) -> None:
                 message = cl.Message(content="", author="assistant")
                 streamed = ""
                 stage = f"waiting for the first word of {event.model}"
+            elif isinstance(event, Thinking):
+                thinking = thinking or await ui.ThinkingStep.start()
+                stage = "the model was thinking"
+                await thinking.add(event.text)
+            elif isinstance(event, ThinkingFinished):
+                if thinking is not None:
+                    await thinking.finish(event.seconds, answered=event.answered)
+                thinking = None
+                stage = "waiting for the answer's first word, after the thinking"
             elif isinstance(event, Token):
                 streamed += event.text
                 await message.stream_token(event.text)
             elif isinstance(event, Escalated):
                 if message is not None and streamed:
                     await message.remove()
-                await ui.show_escalation(event.reason, event.from_model, event.draft, event.early)
+                await ui.show_escalation(event.reason, event.from_model, event.draft, event.early, event.purpose)
                 message, streamed = None, ""
                 stage = "waiting for the large model's first word (the small model's draft is in the step above)"
-            elif isinstance(event, Notice):
-                notices.append(event)
             elif isinstance(event, TurnFinished):
-                finished = event
+                record = event.record
     except asyncio.CancelledError:
+        if thinking is not None:
+            await thinking.finish(None, answered=False)
         if streamed.strip():
             stopped = streamed.rstrip() + "\n\n*Stopped by you: the answer above is unfinished.*"
         else:
@@ -456,38 +497,44 @@ async def answer(question: str) -> None:
         if message is None:
             message = cl.Message(content="", author="assistant")
         message.content = stopped
+        message.metadata = {**(message.metadata or {}), HISTORY_KEY: strip_citations(streamed)}
         await message.send()
-        remember(question, streamed)
+        remember(question, strip_citations(streamed))
         raise
 
-    await finish_answer(question, message, finished, notices)
+    await finish_answer(question, message, record)
 
 
-async def finish_answer(question, message, finished: TurnFinished | None, notices: list[Notice]) -> None:
-    if finished is None:  # the pipeline always ends with TurnFinished; this guards a bug, not a user path
-        finished = TurnFinished(text="", answered_by=None, metrics=TurnMetrics())
+async def finish_answer(question, message, record: TurnRecord | None) -> None:
+    if record is None:  # the pipeline always ends with TurnFinished; this guards a bug, not a user path
+        raise RuntimeError("the turn ended without its record")
     if message is None:
         message = cl.Message(content="", author="assistant")
-    body = finished.text
-    if not finished.supported:
+    body = record.display_text()
+    if not record.supported:
         body += ("\n\n> ℹ️ Nothing in the knowledge base or this conversation's uploads matched the question, "
                  "so this answer is not grounded in your documents.")
-    for notice in notices:
+    for notice in record.notices:
         icon = {"error": "❌", "warning": "⚠️"}.get(notice.level, "ℹ️")
         body += f"\n\n> {icon} {notice.message}"
     # The cited sources are listed by the Sources element under the answer; each [n] in the text opens one.
-    linked, views = ui.render_sources(finished, question, anchor=message.id)
-    elements = [ui.sources_element(views, message.id)] if views else []
-    body = linked + body[len(finished.text):]
-    footer = f"*Answered by `{finished.answered_by}`*" if finished.answered_by else "*No model answered.*"
+    linked, views = ui.render_sources(record, anchor=message.id)
+    elements = [ui.sources_element(views, message.id, record.dangling)] if views else []
+    body = linked + body[len(record.display_text()):]
+    footer = f"*Answered by `{record.answered_by}`*" if record.answered_by else "*No model answered.*"
+    routing_line = ui.routing_line(record)
+    if routing_line:
+        footer += f"\n\n{routing_line}"
     metrics = session_metrics()
-    if finished.metrics.legs:
-        metrics.add(finished.metrics)
+    if record.metrics.legs:
+        metrics.add(record.metrics)
     message.content = body.strip() + ui.ANSWER_FOOTER + footer
-    message.elements = [ui.metrics_element(finished.metrics, metrics.total_cost_usd)] + elements
+    message.elements = [ui.metrics_element(record, metrics.total_cost_usd)] + elements
     message.actions = [cl.Action(name="latency_chart", payload={}, label="Latency chart", icon="chart-column")]
-    remember(question, finished.text)
-    conversations.update(thread_id(), metrics=metrics.to_dict())
+    remember(question, record.history_text())
+    # Chainlit stores the message with its metadata: a resumed thread rebuilds history and metrics from it.
+    message.metadata = {**(message.metadata or {}), HISTORY_KEY: record.history_text(),
+                        METRICS_KEY: record.metrics.to_dict()}
     # send() ends a stream and persists the message; for a message that streamed nothing it creates it.
     await message.send()
 
@@ -496,7 +543,6 @@ def remember(question: str, answer_text: str) -> None:
     history = cl.user_session.get("history") or []
     history = history + [{"role": "user", "content": question}, {"role": "assistant", "content": answer_text}]
     cl.user_session.set("history", history)
-    conversations.update(thread_id(), history=history)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -532,7 +578,7 @@ async def handle_uploads(elements: list) -> None:
             actions=actions,
             author="assistant",
         ).send()
-    save_documents()
+    await save_documents()
 
 
 async def list_documents() -> None:
@@ -553,7 +599,7 @@ async def remove_document(name: str) -> None:
         await cl.Message(content="Say which upload to remove: `/remove NAME` (see `/docs`).", author="assistant").send()
         return
     removed = documents().remove(name)
-    save_documents()
+    await save_documents()
     text = f"Removed **{name}** from this conversation." if removed else f"No upload named **{name}** here (see `/docs`)."
     await cl.Message(content=text, author="assistant").send()
 

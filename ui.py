@@ -7,19 +7,52 @@ from dataclasses import asdict, dataclass, field
 
 import chainlit as cl
 
-from assistant.events import SourcesFound, TurnFinished
+from assistant.events import SourcesFound
+from assistant.record import APP_MARK, TurnRecord
 from assistant.settings import RoutingMode
 from rag.bm25 import analyze
+from rag.citations import CITATION, citation_numbers
 from rag.types import ScoredChunk
-from routing.metrics import TurnMetrics
 
 ANSWER_FOOTER = "\n\n---\n"
 SNIPPET_CHARS = 160
 CITED_BY_MODEL = "model"  # the answer cites it as [n]
-CITED_BY_APP = "app"  # the model cited nothing; the app lists what it gave the model
+CITED_BY_APP = "app"  # the model did not cite it; the app attributed a sentence to it ([n]†)
+GIVEN = "given"  # the answer cites nothing: every source the model was given is listed
 
-_CITATION = re.compile(r"\[(\s*\d+(?:\s*[,;]\s*\d+)*\s*)\]")
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
+
+
+# ------------------------------------------------------------------------------------------------
+# Thinking
+# ------------------------------------------------------------------------------------------------
+
+
+class ThinkingStep:
+    """A reasoning model's thinking, streamed token by token into a collapsible "Thinking" step above the
+    answer and renamed "Thought for N s" when the answer starts (the pattern of Chainlit's cookbook).
+    The step shows with ``[UI] cot = "full"`` (``tool_call`` would hide an llm step)."""
+
+    def __init__(self, step: cl.Step):
+        self.step = step
+
+    @classmethod
+    async def start(cls) -> "ThinkingStep":
+        step = cl.Step(name="Thinking", type="llm", default_open=True, auto_collapse=True, show_input=False)
+        await step.__aenter__()  # the async-with protocol, held open across the pipeline's events
+        return cls(step)
+
+    async def add(self, text: str) -> None:
+        await self.step.stream_token(text)
+
+    async def finish(self, seconds: float | None, *, answered: bool) -> None:
+        if seconds is None:
+            self.step.name = "Stopped while thinking"
+        else:
+            self.step.name = f"Thought for {seconds:.0f} s" if seconds >= 1 else "Thought for <1 s"
+            if not answered:
+                self.step.name += " (no answer: the token budget ran out)"
+        await self.step.__aexit__(None, None, None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -76,26 +109,22 @@ def source_label(scored: ScoredChunk) -> str:
     return label
 
 
-def source_views(sources_used: list[ScoredChunk], cited: list[int], question: str) -> list[SourceView]:
-    """The sources to list under an answer: the ones it cites, in citation order; when it cites none,
-    every source the model was given (marked as listed by the app, not cited)."""
-    numbers = [n for n in cited if 1 <= n <= len(sources_used)]
-    cited_by = CITED_BY_MODEL
-    if not numbers:
-        numbers, cited_by = list(range(1, len(sources_used) + 1)), CITED_BY_APP
-    views = []
-    for number in numbers:
-        scored = sources_used[number - 1]
-        views.append(SourceView(
+def source_views(record: TurnRecord) -> list[SourceView]:
+    """The sources to list under an answer: those the model cited, then those the app attributed; when the
+    answer cites none, every source the model was given (marked as such)."""
+    shown = record.cited_sources() or [(n, s, GIVEN) for n, s in enumerate(record.sources, start=1)]
+    return [
+        SourceView(
             number=number,
             label=source_label(scored),
             location=scored.chunk.location,
             excerpt=scored.chunk.text,
             score=round(scored.score, 2),
-            cited_by=cited_by,
-            segments=highlight_segments(scored.chunk.text, question),
-        ))
-    return views
+            cited_by=by,
+            segments=highlight_segments(scored.chunk.text, record.question),
+        )
+        for number, scored, by in shown
+    ]
 
 
 def citation_anchor(anchor: str, number: int) -> str:
@@ -103,40 +132,51 @@ def citation_anchor(anchor: str, number: int) -> str:
 
 
 def link_citations(text: str, numbers: set[int], anchor: str) -> str:
-    """Turn each [n] the sources list shows into a link the Sources element opens (``#source-<anchor>-<n>``).
-    Numbers with no listed source stay plain text."""
+    """Turn each cited number the sources list shows into a link the Sources element opens
+    (``#source-<anchor>-<n>``). Numbers with no listed source (dangling ones) stay plain text."""
 
-    def replace(match: re.Match) -> str:
-        parts = [int(p) for p in re.split(r"[,;]", match.group(1))]
+    def replace(match) -> str:
+        parts = citation_numbers(match.group(0))
         if not any(p in numbers for p in parts):
             return match.group(0)
         linked = [f"[{p}]({citation_anchor(anchor, p)})" if p in numbers else str(p) for p in parts]
         return "\\[" + ", ".join(linked) + "\\]"
 
-    return _CITATION.sub(replace, text)
+    return CITATION.sub(replace, text)
 
 
-def sources_props(views: list[SourceView], anchor: str) -> dict:
-    return {"anchor": anchor, "sources": [asdict(v) for v in views]}
+def sources_props(views: list[SourceView], anchor: str, dangling: list[int] = ()) -> dict:
+    return {"anchor": anchor, "sources": [asdict(v) for v in views], "dangling": list(dangling),
+            "app_mark": APP_MARK}
 
 
-def sources_element(views: list[SourceView], anchor: str) -> cl.CustomElement:
+def sources_element(views: list[SourceView], anchor: str, dangling: list[int] = ()) -> cl.CustomElement:
     # Inline, not side: Chainlit opens its side panel by itself whenever side elements change.
-    return cl.CustomElement(name="Sources", props=sources_props(views, anchor), display="inline")
+    return cl.CustomElement(name="Sources", props=sources_props(views, anchor, dangling), display="inline")
 
 
 def sources_line(views: list[SourceView]) -> str:
+    """The sources in one line of text (for logs and tests; the chat shows the Sources element)."""
     if not views:
         return ""
-    title = "Cited sources" if views[0].cited_by == CITED_BY_MODEL else "Sources given to the model (none cited)"
-    return f"{title}: " + ", ".join(f"[{v.number}] {v.location}" for v in views)
+    title = "Sources given to the model (none cited)" if views[0].cited_by == GIVEN else "Cited sources"
+    return f"{title}: " + ", ".join(f"[{v.number}]{APP_MARK if v.cited_by == CITED_BY_APP else ''} {v.location}"
+                                    for v in views)
 
 
-def render_sources(finished: TurnFinished, question: str, anchor: str) -> tuple[str, list[SourceView]]:
-    """(answer text with each cited [n] linked to its source, the sources to list) for a finished turn."""
-    views = source_views(finished.sources_used, finished.cited, question)
-    linked = link_citations(finished.text, {v.number for v in views if v.cited_by == CITED_BY_MODEL}, anchor)
-    return linked, views
+def render_sources(record: TurnRecord, anchor: str) -> tuple[str, list[SourceView]]:
+    """(the answer as shown, each cited [n] linked to its source; the sources to list) for a finished turn."""
+    views = source_views(record)
+    linked = {v.number for v in views if v.cited_by != GIVEN}
+    return link_citations(record.display_text(), linked, anchor), views
+
+
+def routing_line(record: TurnRecord) -> str:
+    """What the router did, when there is more to say than "the small model answered"."""
+    decision = record.routing
+    if decision.action == "answered" and decision.mode != "draft_refine":
+        return ""
+    return f"*Routing: {decision.describe()}*"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -161,12 +201,19 @@ async def show_retrieval(event: SourcesFound, min_score: float) -> None:
         step.output = "\n".join(rows)
 
 
-async def show_escalation(reason: str, from_model: str, draft: str, early: bool) -> None:
+ESCALATION_STEP = "Escalated to the large model"
+REFINE_STEP = "Draft set aside for refining"
+
+
+async def show_escalation(reason: str, from_model: str, draft: str, early: bool, purpose: str = "answer") -> None:
     # A fixed step name: Chainlit asks /avatars/<name> for it, and a reason with "<" or ":" answers 400.
-    async with cl.Step(name="Escalated to the large model", type="llm", default_open=False, show_input=False,
-                       icon="arrow-up-right") as step:
-        when = "stopped early" if early else "after the answer"
-        step.output = (f"**Why:** {reason} ({when}).\n\nDraft by `{from_model}`, set aside:\n\n{draft or '(empty)'}")
+    name = REFINE_STEP if purpose == "refine" else ESCALATION_STEP
+    async with cl.Step(name=name, type="llm", default_open=False, show_input=False, icon="arrow-up-right") as step:
+        if purpose == "refine":
+            why = f"**Why:** {reason}; the large model refines the draft."
+        else:
+            why = f"**Why:** {reason} ({'stopped early' if early else 'after the answer'})."
+        step.output = f"{why}\n\nDraft by `{from_model}`, set aside:\n\n{draft or '(empty)'}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -174,18 +221,15 @@ async def show_escalation(reason: str, from_model: str, draft: str, early: bool)
 # ------------------------------------------------------------------------------------------------
 
 
-def metrics_props(metrics: TurnMetrics, session_cost_usd: float) -> dict:
-    props = metrics.to_dict()
-    final_leg = metrics.legs[-1] if metrics.legs else None
-    props["decode_tokens_per_s"] = final_leg.decode_tokens_per_s if final_leg else None
+def metrics_props(record: TurnRecord, session_cost_usd: float) -> dict:
+    props = record.metrics.to_dict()
+    props.update(record.summary.to_dict())  # the answering leg's rate and role, not the last leg's
     props["session_cost_usd"] = session_cost_usd
-    answering = [leg for leg in metrics.legs if leg.model == metrics.answered_by] if metrics.answered_by else []
-    props["answered_role"] = answering[-1].role if answering else None
     return props
 
 
-def metrics_element(metrics: TurnMetrics, session_cost_usd: float) -> cl.CustomElement:
-    return cl.CustomElement(name="MetricsBar", props=metrics_props(metrics, session_cost_usd), display="inline")
+def metrics_element(record: TurnRecord, session_cost_usd: float) -> cl.CustomElement:
+    return cl.CustomElement(name="MetricsBar", props=metrics_props(record, session_cost_usd), display="inline")
 
 
 # ------------------------------------------------------------------------------------------------

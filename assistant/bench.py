@@ -22,8 +22,9 @@ from pathlib import Path
 
 from assistant.compare import ModelRun, fmt_ms, fmt_rate, price_for, render_table, role_aliases, run_one
 from assistant.embedded import model_server
-from assistant.settings import SettingsError, load_settings
-from routing.client import ModelClient, ModelServerError
+from assistant.pipeline import Pipeline
+from assistant import wiring
+from routing.client import ModelServerError
 from routing.metrics import mean, percentile
 
 DEFAULT_PROMPT = "Explain in three short sentences what a search index is and why it makes lookups fast."
@@ -82,12 +83,12 @@ class ModelBench:
 
 
 async def bench_model(
-    client: ModelClient, settings, role: str, alias: str, *, logprobs: bool, prompt: str, rounds: int, warmup: int,
+    pipeline: Pipeline, settings, role: str, alias: str, *, logprobs: bool, prompt: str, rounds: int, warmup: int,
     temperature: float, max_tokens: int, progress=None,
 ) -> ModelBench:
     result = ModelBench(role=role, alias=alias, logprobs=logprobs)
     try:
-        result.model = await client.resolve(alias)
+        result.model = await pipeline.client.resolve(alias)
     except ModelServerError as exc:
         result.error = f"{exc.__class__.__name__}: {exc}"
         return result
@@ -95,7 +96,7 @@ async def bench_model(
     price = price_for(settings, role, alias)
     call = dict(price=price, temperature=temperature, max_tokens=max_tokens, logprobs=logprobs)
     for i in range(warmup):
-        run = await run_one(client, role, alias, messages, **call)
+        run = await run_one(pipeline, role, alias, messages, **call)
         if progress:
             progress(f"{alias} warm-up {i + 1}/{warmup}: " + ("ok" if run.ok else run.error))
         if not run.ok and run.ttft_ms is None:
@@ -103,7 +104,7 @@ async def bench_model(
             result.error = run.error
             return result
     for i in range(rounds):
-        run = await run_one(client, role, alias, messages, **call)
+        run = await run_one(pipeline, role, alias, messages, **call)
         result.rounds.append(run)
         if progress:
             detail = (
@@ -120,20 +121,20 @@ async def run_bench(
     settings, names: list[str], *, logprobs_modes: list[bool], prompt: str, rounds: int, warmup: int,
     temperature: float, max_tokens: int, progress=None,
 ) -> list[ModelBench]:
-    client = ModelClient.from_settings(settings)
+    pipeline = wiring.build(settings, with_knowledge=False).pipeline
     results = []
     try:
         for role, alias in role_aliases(settings, names):
             for logprobs in logprobs_modes:
                 result = await bench_model(
-                    client, settings, role, alias, logprobs=logprobs, prompt=prompt, rounds=rounds, warmup=warmup,
+                    pipeline, settings, role, alias, logprobs=logprobs, prompt=prompt, rounds=rounds, warmup=warmup,
                     temperature=temperature, max_tokens=max_tokens, progress=progress,
                 )
                 results.append(result)
                 if result.error and not result.rounds:
                     break  # unreachable or unknown: the other logprobs mode would fail the same way
     finally:
-        await client.close()
+        await pipeline.client.close()
     return results
 
 
@@ -215,10 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1 or args.warmup < 0:
         parser.error("--rounds must be at least 1 and --warmup at least 0")
 
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(exc, file=sys.stderr)
+    settings = wiring.settings_for_command()
+    if settings is None:
         return 2
     modes = [True, False] if args.logprobs_both else [not args.no_logprobs]
     json_to_stdout = args.json == "-"

@@ -19,9 +19,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from assistant.embedded import model_server
-from assistant.settings import SettingsError, load_settings
-from routing.client import ModelClient, ModelServerError, Response
-from routing.metrics import LegMetrics, Price, prices_from_settings
+from assistant import wiring
+from assistant.events import TurnFinished
+from assistant.pipeline import Pipeline
+from assistant.record import TurnRecord
+from routing.metrics import Price, prices_from_settings
+from routing.options import RoutingOptions
 
 ROLES = ("small", "large")
 
@@ -70,29 +73,32 @@ def price_for(settings, role: str, alias: str) -> Price | None:
     return None
 
 
-def run_from_response(role: str, response: Response, price: Price | None, error: str | None = None) -> ModelRun:
-    leg = LegMetrics.from_response(role, response, price or Price(0.0, 0.0), "answered" if error is None else "failed")
+def run_from_record(role: str, record: TurnRecord, price: Price | None) -> ModelRun:
+    """A model run as the turn's record gives it: its text, the answering leg's figures, its error if any."""
+    summary = record.summary
+    response = record.responses[0] if record.responses else None
+    failed = [f"{n.kind}: {n.message}" if n.kind else n.message for n in record.notices if n.level == "error"]
     return ModelRun(
         role=role,
-        alias=response.alias,
-        model=response.model,
-        text=response.text,
-        error=error,
-        ttft_ms=leg.ttft_ms,
-        generation_ms=leg.generation_ms,
-        total_ms=leg.total_ms,
-        prompt_tokens=leg.prompt_tokens,
-        completion_tokens=leg.completion_tokens,
-        tokens_estimated=leg.tokens_estimated,
-        decode_tokens_per_s=leg.decode_tokens_per_s,
-        content_chunks=response.content_chunks,
-        decode_chunks_per_s=response.decode_chunks_per_s,
-        cost_usd=leg.cost_usd if price is not None else None,
+        alias=response.alias if response else role,
+        model=response.model if response and (response.text or not failed) else (response.model if response else None),
+        text=record.text,
+        error=failed[0] if failed else None,
+        ttft_ms=summary.model_ttft_ms,
+        generation_ms=summary.generation_ms,
+        total_ms=record.metrics.legs[0].total_ms if record.metrics.legs else None,
+        prompt_tokens=summary.prompt_tokens if record.metrics.legs else None,
+        completion_tokens=summary.completion_tokens if record.metrics.legs else None,
+        tokens_estimated=summary.tokens_estimated,
+        decode_tokens_per_s=summary.decode_tokens_per_s,
+        content_chunks=response.content_chunks if response else 0,
+        decode_chunks_per_s=response.decode_chunks_per_s if response else None,
+        cost_usd=summary.cost_usd if price is not None else None,
     )
 
 
 async def run_one(
-    client: ModelClient,
+    pipeline: Pipeline,
     role: str,
     alias: str,
     messages: list[dict],
@@ -102,32 +108,33 @@ async def run_one(
     max_tokens: int,
     logprobs: bool = True,
 ) -> ModelRun:
-    """One streaming call; every failure becomes the run's ``error`` (with whatever arrived before it)."""
-    try:
-        response = await client.complete(
-            alias, messages, temperature=temperature, max_tokens=max_tokens, logprobs=logprobs
-        )
-    except ModelServerError as exc:
-        if exc.partial is not None:
-            return run_from_response(role, exc.partial, price, error=f"{exc.__class__.__name__}: {exc}")
-        return ModelRun(role=role, alias=alias, error=f"{exc.__class__.__name__}: {exc}")
-    return run_from_response(role, response, price)
+    """One streaming call through the pipeline; every failure becomes the run's ``error`` (with whatever
+    arrived before it)."""
+    options = RoutingOptions.from_settings(pipeline.settings).with_overrides(
+        {"temperature": temperature, "max_tokens": max_tokens, "large_max_tokens": max_tokens}
+    )
+    record = None
+    async for event in pipeline.run_messages(messages, role=role, alias=alias, options=options, price=price,
+                                              logprobs=logprobs):
+        if isinstance(event, TurnFinished):
+            record = event.record
+    return run_from_record(role, record, price)
 
 
 async def compare(settings, prompt: str, *, temperature: float, max_tokens: int, logprobs: bool = True) -> list[ModelRun]:
-    client = ModelClient.from_settings(settings)
+    pipeline = wiring.build(settings, with_knowledge=False).pipeline
     messages = [{"role": "user", "content": prompt}]
     runs = []
     try:
         for role, alias in role_aliases(settings, list(ROLES)):
             runs.append(
                 await run_one(
-                    client, role, alias, messages, price=price_for(settings, role, alias),
+                    pipeline, role, alias, messages, price=price_for(settings, role, alias),
                     temperature=temperature, max_tokens=max_tokens, logprobs=logprobs,
                 )
             )
     finally:
-        await client.close()
+        await pipeline.client.close()
     return runs
 
 
@@ -221,10 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="start the bundled SmolLM2 model (llama.cpp) when the endpoint does not answer")
     args = parser.parse_args(argv)
 
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(exc, file=sys.stderr)
+    settings = wiring.settings_for_command()
+    if settings is None:
         return 2
     prompt = read_prompt(args)
     if not prompt:

@@ -7,8 +7,9 @@ talks only to the app's own server:
 * ``GET  /demo/static/{name}`` ``demo.css`` and ``demo.js`` (nothing else is served)
 * ``GET  /demo/api/info``      the two roles, their served model names and the model server's host
 * ``POST /demo/api/stream``    JSON ``{prompt, role, reference_text, temperature, max_tokens}``,
-  answered as ``text/event-stream`` with the events ``sources``, ``prompt``, ``started``, ``token``,
-  ``notice`` and ``done`` (see :func:`event_payload`).
+  answered as ``text/event-stream`` with the events ``sources``, ``prompt``, ``started``, ``thinking``
+  and ``thought`` (a reasoning model's thinking, and its end), ``token``, ``notice`` and ``done`` (see
+  :func:`event_payload`).
 
 The stream runs the same :class:`~assistant.pipeline.Pipeline` as the chat, with the routing mode
 pinned to the chosen role. When the browser hangs up (its Stop button aborts the fetch), the ASGI
@@ -28,17 +29,18 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 
-from assistant.events import AnswerStarted, Escalated, Notice, PromptBuilt, SourcesFound, Token, TurnFinished
-from assistant.settings import PROJECT_ROOT, RoutingMode
+from assistant.events import (
+    AnswerStarted, Escalated, Notice, PromptBuilt, SourcesFound, Thinking, ThinkingFinished, Token, TurnFinished,
+)
+from assistant.settings import PROJECT_ROOT
 from routing.client import ModelClient, ModelServerError
-from routing.policy import RoutingOptions
+from routing.options import MAX_TOKENS_LIMIT, RoutingMode, RoutingOptions
 
 DEMO_DIR = PROJECT_ROOT / "demo"
 STATIC_FILES = {"demo.css": "text/css; charset=utf-8", "demo.js": "text/javascript; charset=utf-8"}
 ROLE_MODES = {"small": RoutingMode.SMALL_ONLY, "large": RoutingMode.LARGE_ONLY}
 MAX_PROMPT_CHARS = 20_000
 MAX_REFERENCE_CHARS = 200_000
-MAX_TOKENS_LIMIT = 32_768
 
 # The page loads only its own files and talks only to this server.
 PAGE_HEADERS = {
@@ -138,14 +140,20 @@ def parse_demo_request(body: Any, settings) -> dict:
             f"The reference text is too long ({len(reference_text)} characters; the limit is {MAX_REFERENCE_CHARS})."
         )
     temperature = _number(body.get("temperature", settings.temperature), "Temperature")
-    if not 0 <= temperature <= 2:
-        raise DemoRequestError("Temperature must be between 0 and 2.")
     max_tokens = _number(body.get("max_tokens", settings.max_tokens), "Max tokens")
-    if not float(max_tokens).is_integer() or not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
-        raise DemoRequestError(f"Max tokens must be a whole number from 1 to {MAX_TOKENS_LIMIT}.")
-    options = RoutingOptions.from_settings(settings).with_overrides(
-        {"mode": ROLE_MODES[role], "temperature": temperature, "max_tokens": int(max_tokens)}
-    )
+    try:
+        options = RoutingOptions.from_settings(settings).with_overrides(
+            # The page's token limit is the chosen model's budget (the large model's thinking included).
+            {"mode": ROLE_MODES[role], "temperature": temperature, "max_tokens": max_tokens,
+             "large_max_tokens": max_tokens}
+        )
+    except ValueError as exc:
+        message = str(exc)
+        if "temperature" in message:
+            raise DemoRequestError("Temperature must be between 0 and 2.") from None
+        if "max_tokens" in message:
+            raise DemoRequestError(f"Max tokens must be a whole number from 1 to {MAX_TOKENS_LIMIT}.") from None
+        raise DemoRequestError(message) from None
     return {"prompt": prompt.strip(), "role": role, "reference_text": reference_text.strip() or None, "options": options}
 
 
@@ -228,6 +236,10 @@ def event_payload(event) -> tuple[str, dict] | None:
     """One pipeline event as ``(sse event name, JSON data)``."""
     if isinstance(event, Token):
         return "token", {"text": event.text, "role": event.role}
+    if isinstance(event, Thinking):
+        return "thinking", {"text": event.text, "role": event.role}
+    if isinstance(event, ThinkingFinished):
+        return "thought", {"seconds": round(event.seconds, 2), "answered": event.answered, "role": event.role}
     if isinstance(event, SourcesFound):
         return "sources", {
             "count": len(event.sources),
@@ -254,25 +266,37 @@ def event_payload(event) -> tuple[str, dict] | None:
 
 
 def done_payload(finished: TurnFinished) -> dict:
-    metrics = finished.metrics
-    leg = metrics.legs[-1] if metrics.legs else None
+    """The turn's record for the page: its figures (the answering leg's), citations and routing decision."""
+    record = finished.record
+    summary = record.summary
+    answered = summary.calls > 0
     server = {
-        "ttft_ms": _round(metrics.ttft_ms),
-        "total_ms": _round(metrics.total_ms),
-        "retrieval_ms": _round(metrics.retrieval_ms),
-        "prompt_ms": _round(metrics.prompt_ms),
-        "model_ttft_ms": _round(leg.ttft_ms) if leg else None,
-        "prompt_tokens": metrics.prompt_tokens if leg else None,
-        "completion_tokens": metrics.completion_tokens if leg else None,
-        "tokens_estimated": metrics.tokens_estimated if leg else None,
-        "tokens_per_s": _round(leg.decode_tokens_per_s) if leg else None,
+        "ttft_ms": _round(summary.ttft_ms),
+        "total_ms": _round(summary.total_ms),
+        "retrieval_ms": _round(summary.retrieval_ms),
+        "prompt_ms": _round(summary.prompt_ms),
+        "model_ttft_ms": _round(summary.model_ttft_ms),
+        "prompt_tokens": summary.prompt_tokens if answered else None,
+        "completion_tokens": summary.completion_tokens if answered else None,
+        "tokens_estimated": summary.tokens_estimated if answered else None,
+        "tokens_per_s": _round(summary.decode_tokens_per_s),
+        "thinking_ms": _round(summary.thinking_ms),
+        "first_answer_ms": _round(summary.first_answer_ms),
+        "reasoning_tokens": summary.reasoning_tokens if answered else None,
+        "reasoning_estimated": summary.reasoning_estimated if answered else None,
     }
+    data = record.to_dict()
     return {
         "error": False,
-        "cancelled": finished.cancelled,
-        "answered_by": finished.answered_by,
-        "chars": len(finished.text),
-        "cited": finished.cited,
+        "cancelled": record.cancelled,
+        "answered_by": record.answered_by,
+        "answered_role": record.answered_role,
+        "chars": len(record.text),
+        "cited": record.cited,
+        "attributed": record.attributed,
+        "dangling": record.dangling,
+        "sources": data["sources"],
+        "routing": data["routing"],
         "server": server,
     }
 

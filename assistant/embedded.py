@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from assistant.discovery import discover, endpoint_answers  # noqa: F401  (endpoint_answers: used by callers)
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_TOP_K = 3  # sources per question when the embedded model answers (unless ASSISTANT_TOP_K is set)
@@ -155,38 +158,29 @@ def stop_process(process: subprocess.Popen | None, grace_s: float = 10) -> None:
         process.wait(timeout=grace_s)
 
 
-def endpoint_answers(endpoint: str, api_key: str = "", timeout_s: float = 2.0) -> list[str] | None:
-    """The served model ids when ``GET {endpoint}/models`` answers, else None."""
-    try:
-        reply = httpx.get(
-            endpoint.rstrip("/") + "/models",
-            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
-            timeout=timeout_s,
-        )
-        if reply.status_code != 200:
-            return None
-        return [m["id"] for m in reply.json().get("data", [])]
-    except (httpx.HTTPError, ValueError, KeyError, TypeError):
-        return None
-
-
 @contextmanager
-def served_settings(settings, *, log_path: Path | None = None, announce=print):
+def served_settings(settings, *, log_path: Path | None = None, announce=print, which=shutil.which, use_sdk=None):
     """``(settings, embedded server or None)`` for a model server that answers.
 
-    The configured endpoint when it answers (or when the fallback is off); otherwise the embedded
-    model is started for the duration of the ``with`` block and the settings point at it, with the
-    real model name in both roles.
+    :func:`assistant.discovery.discover` looks for one (explicit setting, Foundry Local's CLI, the default
+    endpoint, Foundry Local's SDK); the settings then point at it and ``discovery`` says how it was found.
+    Otherwise the embedded model is started for the duration of the ``with`` block and the settings point
+    at it, with the real model name in both roles.
     """
-    served = endpoint_answers(settings.model_endpoint, settings.api_key)
-    if served is not None:
-        announce(f"Model server at {settings.model_endpoint} serves: {', '.join(served) or '(nothing)'}")
-        yield settings, None
+    found = discover(settings, announce=announce, which=which, use_sdk=use_sdk)
+    if found is not None:
+        announce(f"Model server at {found.endpoint} ({found.path}) serves: {', '.join(found.served) or '(nothing)'}")
+        try:
+            yield settings.model_copy(update={"model_endpoint": found.endpoint, "discovery": found.description}), None
+        finally:
+            stop_web_service = getattr(found.runtime, "stop_web_service", None)
+            if stop_web_service is not None:
+                stop_web_service()
         return
     if not settings.embedded_fallback:
         announce(f"No model server answers at {settings.model_endpoint} and the embedded fallback is off "
                  "(ASSISTANT_EMBEDDED_FALLBACK=false).")
-        yield settings, None
+        yield settings.model_copy(update={"discovery": "nothing found, embedded fallback off"}), None
         return
     announce(f"No model server answers at {settings.model_endpoint}; starting the embedded model.")
     server = EmbeddedModelServer.from_settings(settings)
@@ -200,6 +194,7 @@ def served_settings(settings, *, log_path: Path | None = None, announce=print):
             "large_model": server.large_name,
             "embedded_active": True,
             "configured_endpoint": settings.model_endpoint,
+            "discovery": "embedded model — no configured endpoint, Foundry Local CLI or SDK answered",
         }), server
     finally:
         server.stop()

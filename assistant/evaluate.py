@@ -15,6 +15,10 @@ Scores (offline by default):
 * **F1**: token-overlap F1 between the answer and the reference answer (lower case, punctuation,
   articles and [n] citations removed), as in SQuAD.
 * **source recall**: the share of the expected sources among the sources the answer cites.
+* **citation precision / recall**, for the questions that name expected sources, pooled over them:
+  precision = cited sources that are expected ones / cited sources; recall = expected sources cited /
+  expected sources. Reported for the citations the model wrote, for those the app attributed to uncited
+  sentences (:mod:`rag.citations`), and for both together. ``[n]`` that point at no source are counted apart.
 * **answer score**: the F1, or for an unanswerable question 1 if the answer declines, else 0; with
   ``--judge-model`` the judge's 1-5 grade mapped to 0-1 as (grade - 1) / 4 instead.
 
@@ -48,13 +52,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from assistant.events import Escalated, Notice, TurnFinished
+from assistant.events import TurnFinished
 from assistant.pipeline import Pipeline
+from assistant.record import TurnRecord
 from assistant.embedded import model_server
-from assistant.settings import RoutingMode, SettingsError, load_settings
+from assistant import wiring
+from assistant.settings import RoutingMode
+from rag.citations import strip_citations
 from routing.client import ModelClient, ModelServerError
 from routing.metrics import mean, percentile
-from routing.policy import RoutingOptions, assess, looks_declined
+from routing.policy import GROUNDING_SIGNALS, RoutingOptions, looks_declined
 
 DEFAULT_MODES = ("small", "large", "automatic")
 JUDGE_PROMPT = (
@@ -115,13 +122,12 @@ def load_questions(path: Path) -> list[Question]:
     return questions
 
 
-_CITATION = re.compile(r"\[\s*\d+(?:\s*[,;]\s*\d+)*\s*\]")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans({c: " " for c in string.punctuation})
 
 
 def answer_tokens(text: str) -> list[str]:
-    text = _CITATION.sub(" ", text.lower()).translate(_PUNCTUATION)
+    text = strip_citations(text).lower().translate(_PUNCTUATION)
     return _ARTICLES.sub(" ", text).split()
 
 
@@ -180,6 +186,14 @@ class Result:
     # The router's view of the small model's answer (small mode only): used to rank for APGR.
     small_flagged: bool | None = None
     small_confidence: float | None = None
+    attributed_sources: list[str] = field(default_factory=list)  # attached by the app, not cited by the model
+    dangling_citations: int = 0  # [n] written by the model that point at no source
+    routing_action: str | None = None
+    citations: dict | None = None  # per "model"/"app"/"all": citation_counts (questions with expected sources)
+    # Grounding signals (routing.policy.grounding_signals) that fired on the small model's answer, and
+    # whether they decided (the server sent no logprobs, as Foundry Local does).
+    signals: list[str] = field(default_factory=list)
+    signals_decided: bool = False
     f1: float | None = None
     source_recall: float | None = None
     judge: int | None = None
@@ -188,50 +202,87 @@ class Result:
 
 
 async def run_question(pipeline: Pipeline, question: Question, mode: str, options: RoutingOptions) -> Result:
-    escalated: Escalated | None = None
     errors: list[str] = []
-    end: TurnFinished | None = None
+    record: TurnRecord | None = None
     async for event in pipeline.run(question.question, options=options.with_overrides({"mode": mode})):
-        if isinstance(event, Escalated):
-            escalated = event
-        elif isinstance(event, Notice) and event.level in ("warning", "error"):
-            # A warning is a degraded answer (large model down, search failed): it counts as a failure here.
-            errors.append(f"{event.level}: {event.message}")
-        elif isinstance(event, TurnFinished):
-            end = event
-    assert end is not None
-    cited_sources = [end.sources_used[n - 1].chunk.source for n in end.cited if 1 <= n <= len(end.sources_used)]
-    metrics = end.metrics
+        if isinstance(event, TurnFinished):
+            record = event.record
+    assert record is not None
+    # A warning is a degraded answer (large model down, search failed): it counts as a failure here.
+    errors = [f"{n.level}: {n.message}" for n in record.notices if n.level in ("warning", "error")]
+    summary = record.summary
+    cited = _distinct([record.sources[n - 1].chunk.source for n in record.cited])
+    attributed = _distinct([record.sources[n - 1].chunk.source for n in record.attributed])
     result = Result(
         question_id=question.id,
         mode=mode,
-        answer=end.text,
-        answered_by=end.answered_by,
-        escalated=escalated is not None,
-        escalation_reason=metrics.escalation_reason,
-        early=bool(escalated and escalated.early),
-        cited_sources=cited_sources,
-        supported=end.supported,
-        latency_ms=metrics.total_ms,
-        ttft_ms=metrics.ttft_ms,
-        prompt_tokens=metrics.prompt_tokens,
-        completion_tokens=metrics.completion_tokens,
-        tokens_estimated=metrics.tokens_estimated,
-        cost_usd=metrics.cost_usd,
-        confidence=metrics.confidence,
+        answer=record.text,
+        answered_by=record.answered_by,
+        escalated=record.routing.escalated,
+        escalation_reason=summary.escalation_reason,
+        early=record.routing.early,
+        cited_sources=cited,
+        supported=record.supported,
+        latency_ms=summary.total_ms,
+        ttft_ms=summary.ttft_ms,
+        prompt_tokens=summary.prompt_tokens,
+        completion_tokens=summary.completion_tokens,
+        tokens_estimated=summary.tokens_estimated,
+        cost_usd=summary.cost_usd,
+        confidence=summary.confidence,
+        attributed_sources=[s for s in attributed if s not in cited],
+        dangling_citations=len(record.dangling),
+        routing_action=record.routing.action,
         errors=errors,
     )
-    if mode == RoutingMode.SMALL_ONLY.value and end.responses:
-        verdict = assess(end.text, end.responses[0].token_logprobs, end.sources_used, options)
-        result.small_flagged, result.small_confidence = verdict.escalate, verdict.confidence
+    if mode == RoutingMode.SMALL_ONLY.value:
+        result.small_flagged, result.small_confidence = record.routing.would_escalate, record.routing.confidence
+    if mode != RoutingMode.LARGE_ONLY.value:
+        # The router's signals on the first (small) answer, as the record has them.
+        result.signals = sorted(s.name for s in record.routing.signals if s.name in GROUNDING_SIGNALS)
+        result.signals_decided = record.routing.grounding_decided
     if question.reference_answer:
-        result.f1 = token_f1(end.text, question.reference_answer)
-    result.source_recall = source_recall(question.expected_sources, cited_sources)
+        result.f1 = token_f1(record.text, question.reference_answer)
+    result.source_recall = source_recall(question.expected_sources, cited)
+    if question.expected_sources:
+        result.citations = {
+            by: citation_counts(question.expected_sources, sources)
+            for by, sources in (("model", cited), ("app", result.attributed_sources),
+                                ("all", cited + result.attributed_sources))
+        }
     if not question.answerable:
-        result.score = 1.0 if looks_declined(end.text) else 0.0
+        result.score = 1.0 if looks_declined(record.text) else 0.0
     else:
         result.score = result.f1
     return result
+
+
+def _distinct(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def citation_counts(expected: Sequence[str], cited_sources: Sequence[str]) -> dict:
+    """For one answer: sources cited, how many of them are expected, expected sources, how many were cited."""
+    return {
+        "cited": len(cited_sources),
+        "correct": sum(any(source_matches(e, s) for e in expected) for s in cited_sources),
+        "expected": len(expected),
+        "found": sum(any(source_matches(e, s) for s in cited_sources) for e in expected),
+    }
+
+
+def citation_scores(results: list[Result], by: str) -> dict:
+    """Citation precision (cited sources that are expected ones) and recall (expected sources cited), pooled
+    over the questions that name expected sources; ``by`` is "model", "app" or "all"."""
+    counts = [r.citations[by] for r in results if r.citations]
+    cited = sum(c["cited"] for c in counts)
+    expected = sum(c["expected"] for c in counts)
+    return {
+        "precision": sum(c["correct"] for c in counts) / cited if cited else None,
+        "recall": sum(c["found"] for c in counts) / expected if expected else None,
+        "cited": cited,
+        "questions": len(counts),
+    }
 
 
 async def judge_answer(client: ModelClient, alias: str, question: Question, answer: str) -> int | None:
@@ -268,8 +319,13 @@ def summarize(results: list[Result]) -> dict:
         "tokens_estimated": any(r.tokens_estimated for r in results),
         "cost_usd_total": sum(r.cost_usd for r in results),
         "escalated_share": sum(r.escalated for r in results) / len(results) if results else None,
+        "citations": {by: citation_scores(results, by) for by in ("model", "app", "all")},
+        "dangling_citations": sum(r.dangling_citations for r in results),
         "errors": sum(bool(r.errors) for r in results),
         "models": sorted({r.answered_by for r in results if r.answered_by}),
+        # How often each grounding signal fired on the small model's answers, and how often they decided.
+        "signals": {name: sum(name in r.signals for r in results) for name in GROUNDING_SIGNALS},
+        "signals_decided": sum(r.signals_decided for r in results),
     }
 
 
@@ -343,9 +399,25 @@ def format_report(summaries: dict[str, dict], routing: dict, judged: bool) -> st
             f"{_fmt(s['escalated_share'], '.0%'):>7} {s['errors']:>4}  {', '.join(s['models']) or '-'}"
         )
     lines.append("")
+    lines.append("Citations (sources cited vs the question's expected sources; questions that name them):")
+    for mode, s in summaries.items():
+        cells = []
+        for by, label in (("model", "written by the model"), ("app", "attributed by the app"), ("all", "both")):
+            c = s["citations"][by]
+            cells.append(f"{label}: P {_fmt(c['precision'])} R {_fmt(c['recall'])} ({c['cited']} cited)")
+        lines.append(f"  {mode:<13}" + " | ".join(cells) + f" | dangling [n]: {s['dangling_citations']}")
+    lines.append("")
     lines.append("score: F1 vs reference (1/0 for declining an unanswerable question)"
                  + ("; judge 1-5 mapped to 0-1 replaces it" if judged else "")
                  + ". src rec: expected sources among cited ones. ~: token counts estimated (server sent no usage).")
+    for mode, s in summaries.items():
+        if mode == RoutingMode.LARGE_ONLY.value or not s["questions"]:
+            continue
+        fired = ", ".join(f"{name} {count}/{s['questions']}" for name, count in s["signals"].items())
+        lines.append(
+            f"grounding signals on the small answers ({mode}): {fired}; they decided (no logprobs) on "
+            f"{s['signals_decided']}/{s['questions']}."
+        )
     if routing.get("note"):
         lines.append(f"PGR/APGR: {routing['note']}")
     if routing.get("pgr") is not None:
@@ -393,7 +465,8 @@ async def evaluate(args: argparse.Namespace, settings) -> int:
     questions = load_questions(args.questions)
     if args.limit:
         questions = questions[: args.limit]
-    client = ModelClient.from_settings(settings)
+    objects = wiring.build(settings)
+    client, pipeline = objects.client, objects.pipeline
     try:
         needed = set()
         for mode in args.modes:
@@ -414,8 +487,7 @@ async def evaluate(args: argparse.Namespace, settings) -> int:
             file=sys.stderr,
         )
 
-        knowledge = _knowledge_base(settings)
-        pipeline = Pipeline(settings, client, knowledge=knowledge)
+        _knowledge_base_report(objects.knowledge, settings)
         options = RoutingOptions.from_settings(settings).with_overrides({"temperature": 0.0})
 
         by_mode: dict[str, list[Result]] = {}
@@ -469,29 +541,17 @@ async def evaluate(args: argparse.Namespace, settings) -> int:
         await client.close()
 
 
-def _knowledge_base(settings):
-    from rag.knowledge import KnowledgeBase
-
-    knowledge = KnowledgeBase(
-        settings.knowledge_dir,
-        settings.cache_dir,
-        backend=settings.bm25_backend.value,
-        chunk_tokens=settings.chunk_tokens,
-        chunk_overlap=settings.chunk_overlap,
-    )
+def _knowledge_base_report(knowledge, settings) -> None:
     report = knowledge.refresh()
     print(f"Knowledge base {settings.knowledge_dir}: {report.summary()}", file=sys.stderr)
     if not knowledge.chunk_count:
         print("evaluate: warning: the knowledge base is empty; every answer will be unsupported.", file=sys.stderr)
-    return knowledge
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(exc, file=sys.stderr)
+    settings = wiring.settings_for_command()
+    if settings is None:
         return 2
     try:
         with model_server(settings, args.embedded) as (settings, _):

@@ -1,4 +1,4 @@
-"""Start the app: use the configured model server if it answers, else the embedded llama.cpp model.
+"""Start the app on the model server discovery finds (see assistant.discovery), else the embedded llama.cpp model.
 
     python -m assistant.launch [--host 127.0.0.1] [--port 8000]
 
@@ -15,7 +15,8 @@ import sys
 import time
 
 from assistant.embedded import EMBEDDED_TOP_K, EmbeddedModelError, served_settings, stop_process
-from assistant.settings import PROJECT_ROOT, SettingsError, load_settings
+from assistant.settings import PROJECT_ROOT
+from assistant.wiring import settings_for_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,21 +26,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(exc, file=sys.stderr)
+    settings = settings_for_command()
+    if settings is None:
         return 2
 
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
         with served_settings(settings, log_path=data_dir / "embedded-model.log", announce=say) as (settings, embedded):
-            env = app_environment(settings, os.environ) if embedded is not None else os.environ.copy()
+            env = app_environment(settings, os.environ) if embedded is not None else found_environment(settings, os.environ)
             return run_app(args, env, started)
     except EmbeddedModelError as exc:
         print(f"Could not start the embedded model: {exc}", file=sys.stderr)
         return 1
+
+
+def found_environment(settings, environ) -> dict:
+    """The app's environment for a model server that discovery found: its endpoint and how it was found."""
+    env = dict(environ)
+    env.pop("FOUNDRY_LOCAL_ENDPOINT", None)
+    env.update(ASSISTANT_MODEL_ENDPOINT=settings.model_endpoint, ASSISTANT_DISCOVERY=settings.discovery)
+    return env
 
 
 def app_environment(settings, environ) -> dict:
@@ -52,6 +59,7 @@ def app_environment(settings, environ) -> dict:
         ASSISTANT_LARGE_MODEL=settings.large_model,
         ASSISTANT_EMBEDDED_ACTIVE="true",
         ASSISTANT_CONFIGURED_ENDPOINT=settings.configured_endpoint,
+        ASSISTANT_DISCOVERY=settings.discovery,
     )
     # The 135M model reads prompts at a few hundred tokens/s on a laptop CPU: three sources instead of
     # five keep its first token near three seconds. An explicit setting wins.

@@ -1,21 +1,24 @@
 """One question, one turn: retrieve, build the grounded prompt, answer, maybe escalate. No UI code.
 
-The chat app, the demo page and the evaluation command all run this same code and render the
-events of :mod:`assistant.events`. A turn:
+The chat app, the demo page and the command-line tools all run this same code and render the events
+of :mod:`assistant.events`; the last one carries the turn's complete :class:`~assistant.record.TurnRecord`.
+A turn has three stages, each its own method:
 
-1. retrieves from the knowledge base and the user's documents (timed), and/or takes a pasted
+1. :meth:`Pipeline.retrieve`: the knowledge base and the user's documents (timed), and/or a pasted
    reference text as sources;
-2. builds the grounded prompt (timed) with the earlier turns;
-3. answers with the model the routing mode picks. In automatic mode the small model streams first
-   while :class:`routing.policy.EarlyMonitor` watches it; if it fires, the small stream is closed at
-   once (leaving ``async with`` closes the HTTP stream, so the server stops generating) and the large
-   model answers. At the end :func:`routing.policy.assess` decides on the finished answer. In
-   draft-then-refine mode the large model gets the draft with the sources and corrects it.
+2. :meth:`Pipeline.build_prompt`: the grounded prompt (timed) with the earlier turns;
+3. :meth:`Pipeline.answer_legs`: the model calls a :class:`routing.router.Router` plans and decides
+   on, every one streamed by the one helper :meth:`Pipeline.stream_leg`. In draft-then-refine mode the
+   large model gets the very messages the draft was written from (the same numbered sources), then
+   the draft and the request to improve it.
+
+After the answer its citations are resolved against the numbered sources, and uncited sentences a
+source clearly supports get that source attributed by the app (:mod:`rag.citations`).
 
 Failures never raise out of :meth:`Pipeline.run`: they end the turn with a ``Notice`` and a
-``TurnFinished`` that keeps whatever text there is. ``asyncio.CancelledError`` (the user pressed
-stop) is the exception: it propagates after the upstream stream is closed, and nothing more is
-yielded.
+``TurnFinished`` whose record keeps whatever text there is. ``asyncio.CancelledError`` (the user
+pressed stop) is the exception: it propagates after the upstream stream is closed, and nothing more
+is yielded.
 """
 
 from __future__ import annotations
@@ -24,29 +27,41 @@ import asyncio
 import time
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Protocol, Sequence
+from typing import AsyncIterator, Sequence
 
-from assistant.events import AnswerStarted, Escalated, Notice, PromptBuilt, SourcesFound, Token, TurnFinished
-from assistant.settings import RoutingMode
-from rag.index import asearch_many, fuse_rankings
-from rag.prompt import build_grounded_messages, cited_numbers, reference_text_sources
-from rag.tokens import count_tokens
+from assistant.events import (
+    AnswerStarted, Escalated, Notice, PromptBuilt, SourcesFound, Thinking, ThinkingFinished, Token, TurnFinished,
+)
+from assistant.record import TurnRecord
+from rag.citations import resolve_citations
+from rag.index import Retriever, asearch_many, fuse_rankings
+from rag.prompt import GroundedPrompt, build_grounded_messages, reference_text_sources
+from rag.tokens import count_message_tokens
 from rag.types import ScoredChunk
 from routing.client import ModelClient, ModelServerError, Response
 from routing.metrics import LegMetrics, Price, TurnMetrics, prices_from_settings
-from routing.policy import EarlyMonitor, RoutingOptions, assess, refine_reason, token_confidence
+from routing.options import RoutingOptions
+from routing.policy import looks_declined
+from routing.reasoning import REASONING
+from routing.router import ANSWERED, FAILED, NOT_ESCALATED, LegPlan, RoutingDecision, Router
 
 REFINE_INSTRUCTION = (
     "Above is a draft answer to my question. Check it against the numbered sources: correct anything "
     "the sources do not support, add what it missed, and keep the [n] citations. If the sources do not "
     "contain the answer, say so plainly. Reply with the improved answer only, not with comments on the draft."
 )
+MIN_REFINE_TOKENS = 64  # less room than this for the refined answer: the draft is kept
 
 
-class Retriever(Protocol):
-    """What :func:`rag.index.asearch_many` searches: a KnowledgeBase, an upload's ChunkIndex."""
+@dataclass
+class Retrieval:
+    """What the retrieval stage found."""
 
-    def search(self, query: str, k: int) -> list[ScoredChunk]: ...
+    shown: list[ScoredChunk]  # reference chunks, then the fused retrieved chunks (what the user sees)
+    supporting: list[ScoredChunk]  # those that count as support: they go into the prompt
+    supported: bool
+    retrieval_ms: float
+    notices: list[Notice] = field(default_factory=list)
 
 
 @dataclass
@@ -57,17 +72,9 @@ class _Leg:
     alias: str
     purpose: str = "answer"
     response: Response | None = None
-    outcome: str = "answered"
+    outcome: str = "answered"  # "answered", "escalated", "drafted", "cancelled", "failed"
     reason: str | None = None
-
-
-@dataclass
-class _Turn:
-    started: float
-    metrics: TurnMetrics = field(default_factory=TurnMetrics)
-    legs: list[_Leg] = field(default_factory=list)
-    sources_found: int = 0
-    supported: bool = False
+    error_kind: str | None = None  # the client's error class when it failed
 
 
 class Pipeline:
@@ -94,21 +101,81 @@ class Pipeline:
         """Yield the events of one turn (see :mod:`assistant.events` for their order).
 
         ``documents``: the user's uploads (one retriever, e.g. a DocumentSet, or a list), searched
-        with the knowledge base and merged by :func:`rag.index.asearch_many` (rank fusion; each
-        chunk keeps its own BM25 score). ``reference_text``: pasted text whose chunks are sources
-        [1].. in reading order; with it, retrieval runs only if ``retrieve=True`` (default: retrieve
-        when there is no reference text). Only sources at or above ``min_source_score`` go into
-        the prompt.
+        with the knowledge base and merged by rank fusion (each chunk keeps its own BM25 score).
+        ``reference_text``: pasted text whose chunks are sources [1].. in reading order; with it,
+        retrieval runs only if ``retrieve=True`` (default: retrieve when there is no reference text).
+        Only sources that count as support go into the prompt.
         """
         options = options or RoutingOptions.from_settings(self.settings)
-        turn = _Turn(started=time.perf_counter())
-        aliases = self.aliases()
+        started = time.perf_counter()
+        metrics = TurnMetrics()
 
-        # 1. sources
+        found = await self.retrieve(
+            question, options, documents=documents, reference_text=reference_text,
+            retrieve=retrieve if retrieve is not None else not reference_text,
+        )
+        metrics.retrieval_ms = found.retrieval_ms
+        yield SourcesFound(query=question, sources=found.shown, retrieval_ms=found.retrieval_ms, supported=found.supported)
+
         t0 = time.perf_counter()
-        should_retrieve = retrieve if retrieve is not None else not reference_text
-        retrieved: list[ScoredChunk] = []
-        # The conversation's documents first: rag's fusion gives ties to the retriever listed first.
+        prompt = self.build_prompt(question, found.supporting, history, options)
+        metrics.prompt_ms = (time.perf_counter() - t0) * 1000
+        yield PromptBuilt(sources_used=prompt.sources_used, prompt_tokens=prompt.prompt_tokens, prompt_ms=metrics.prompt_ms)
+
+        same_model = await self._same_model_for_both() if Router.needs_served_models(options) else None
+        router = Router(options, supported=found.supported, sources=prompt.sources_used, same_model=same_model)
+        legs: list[_Leg] = []
+        notices = list(found.notices)
+        async with aclosing(self.answer_legs(router, prompt, options, legs, notices)) as leg_events:
+            async for event in leg_events:
+                yield event
+        for notice in notices:
+            yield notice
+
+        metrics.total_ms = (time.perf_counter() - started) * 1000
+        yield TurnFinished(
+            self._record(question, prompt.sources_used, router.decision, legs, metrics, notices,
+                         supported=found.supported, sources_found=len(found.supporting))
+        )
+
+    async def run_messages(
+        self, messages: list[dict], *, role: str, alias: str | None = None, options: RoutingOptions | None = None,
+        price: Price | None = None, logprobs: bool = False,
+    ) -> AsyncIterator[object]:
+        """One model call with the messages as given (no retrieval, no routing), as events and a record.
+
+        For ``compare`` and ``bench``. ``role`` names the leg (``small``/``large`` use their alias and
+        price from the settings); ``alias`` overrides the model asked for.
+        """
+        options = options or RoutingOptions.from_settings(self.settings)
+        started = time.perf_counter()
+        leg = _Leg(role, alias or self.aliases().get(role, role))
+        decision = RoutingDecision(mode="direct", legs=[(role, "answer")])
+        notices: list[Notice] = []
+        plan = LegPlan(role, "answer", logprobs=logprobs, watch=False)
+        async with aclosing(self.stream_leg(leg, plan, messages, options, price=price, notices=notices)) as leg_events:
+            async for event in leg_events:
+                yield event
+        if leg.outcome == "failed":
+            decision.action, decision.note = FAILED, leg.reason
+            notices.append(Notice("error", leg.reason or "The model failed.", leg.error_kind))
+        for notice in notices:
+            yield notice
+        metrics = TurnMetrics(total_ms=(time.perf_counter() - started) * 1000)
+        yield TurnFinished(self._record(messages[-1]["content"] if messages else "", [], decision, [leg], metrics,
+                                        notices, supported=False, sources_found=0, prices={role: price}))
+
+    # ------------------------------------------------------------------------------ stage 1: sources
+    async def retrieve(
+        self,
+        question: str,
+        options: RoutingOptions,
+        *,
+        documents: Retriever | Sequence[Retriever] | None,
+        reference_text: str | None,
+        retrieve: bool,
+    ) -> Retrieval:
+        t0 = time.perf_counter()
         if documents is None:
             documents = []
         elif hasattr(documents, "search"):  # one retriever (a DocumentSet) rather than a list of them
@@ -116,7 +183,7 @@ class Pipeline:
         notices: list[Notice] = []
         upload_hits: list[ScoredChunk] = []
         knowledge_hits: list[ScoredChunk] = []
-        if should_retrieve:
+        if retrieve:
             try:
                 if documents:
                     upload_hits = await asearch_many(documents, question, self.settings.top_k)
@@ -124,134 +191,207 @@ class Pipeline:
                     knowledge_hits = await asearch_many([self.knowledge], question, self.settings.top_k)
             except Exception as exc:  # a broken index must not lose the turn: answer without sources
                 notices.append(Notice("warning", f"The document search failed ({exc}); answering without sources."))
+        # The conversation's documents first: the fusion gives ties to the list given first.
         retrieved = fuse_rankings([upload_hits, knowledge_hits], self.settings.top_k)
         reference = reference_text_sources(reference_text, self.settings.chunk_tokens) if reference_text else []
-        turn.metrics.retrieval_ms = (time.perf_counter() - t0) * 1000
         # The score floor is calibrated on the shared knowledge base. A conversation's uploads form a tiny
         # collection whose BM25 scores run far lower (idf from a handful of chunks), and the user chose them
         # for this conversation: any match of the question's terms counts as support there.
-        supporting = {id(s) for s in upload_hits if s.score > 0}
-        supporting |= {id(s) for s in knowledge_hits if s.score >= options.min_source_score}
-        supported_retrieved = [s for s in retrieved if id(s) in supporting]
-        turn.supported = bool(reference) or bool(supported_retrieved)
-        turn.sources_found = len(reference) + len(supported_retrieved)
-        yield SourcesFound(
-            query=question,
-            sources=reference + retrieved,
-            retrieval_ms=turn.metrics.retrieval_ms,
-            supported=turn.supported,
+        counts = {id(s) for s in upload_hits if s.score > 0}
+        counts |= {id(s) for s in knowledge_hits if s.score >= options.min_source_score}
+        supporting = reference + [s for s in retrieved if id(s) in counts]
+        return Retrieval(
+            shown=reference + retrieved,
+            supporting=supporting,
+            supported=bool(supporting),
+            retrieval_ms=(time.perf_counter() - t0) * 1000,
+            notices=notices,
         )
 
-        # 2. prompt: only sources that support the question; none -> the prompt says "say so".
-        t0 = time.perf_counter()
-        prompt_sources = reference + supported_retrieved
-        grounded = build_grounded_messages(
+    # ------------------------------------------------------------------------------ stage 2: prompt
+    def build_prompt(
+        self, question: str, sources: list[ScoredChunk], history: Sequence[dict], options: RoutingOptions
+    ) -> GroundedPrompt:
+        """The grounded prompt: only sources that support the question; none -> the prompt says "say so"."""
+        return build_grounded_messages(
             question,
-            prompt_sources,
+            sources,
             history=list(history),
             context_window=self.settings.context_window,
             max_answer_tokens=options.max_tokens,
             history_budget=self.settings.history_token_budget,
         )
-        turn.metrics.prompt_ms = (time.perf_counter() - t0) * 1000
-        sources_used = grounded.sources_used
-        yield PromptBuilt(sources_used=sources_used, prompt_tokens=grounded.prompt_tokens, prompt_ms=turn.metrics.prompt_ms)
 
-        # 3. answer
-        mode = RoutingMode(options.mode)
-        final: _Leg | None = None
-        if mode is RoutingMode.LARGE_ONLY:
-            large = _Leg("large", aliases["large"])
-            turn.legs.append(large)
-            async with aclosing(self._answer(large, grounded.messages, options, None, logprobs=False)) as leg_events:
-                async for event in leg_events:
+    def refine_messages(self, prompt: GroundedPrompt, draft: str, options: RoutingOptions) -> tuple[list[dict], int] | None:
+        """The draft's own messages (same numbered sources), the draft, the request to improve it, and the
+        room left for the refined answer; None when too little room is left even without the history."""
+        tail = [{"role": "assistant", "content": draft}, {"role": "user", "content": REFINE_INSTRUCTION}]
+        candidates = [prompt.messages]
+        if len(prompt.messages) > 2:  # earlier turns are the first thing to give up
+            candidates.append([prompt.messages[0], prompt.messages[-1]])
+        for messages in candidates:
+            room = self.settings.context_window - count_message_tokens(messages + tail)
+            if room >= MIN_REFINE_TOKENS:
+                return messages + tail, min(options.large_max_tokens, room)
+        return None
+
+    # ------------------------------------------------------------------------------ stage 3: answer
+    async def answer_legs(
+        self, router: Router, prompt: GroundedPrompt, options: RoutingOptions, legs: list[_Leg], notices: list[Notice]
+    ) -> AsyncIterator[object]:
+        """Stream the legs the router plans; record them on ``legs`` and what went wrong on ``notices``."""
+        aliases = self.aliases()
+        plan: LegPlan | None = router.first_leg()
+        messages, max_tokens = prompt.messages, None  # None: the role's own budget
+        while plan is not None:
+            leg = _Leg(plan.role, aliases[plan.role], plan.purpose)
+            legs.append(leg)
+            async with aclosing(self.stream_leg(leg, plan, messages, options, router=router, max_tokens=max_tokens,
+                                                  notices=notices)) as events:
+                async for event in events:
                     yield event
-            final = large
-            if large.outcome == "failed":
-                notices.append(Notice("error", large.reason or "The large model failed."))
-            turn.metrics.confidence = _confidence(large, options)
-        else:
-            small = _Leg("small", aliases["small"])
-            turn.legs.append(small)
-            # Escalating to the very model that just answered (the embedded model serves both roles until a
-            # second one is configured) would only double the wait: say what would have happened instead.
-            same_model = await self._same_model_for_both(aliases) if mode is RoutingMode.AUTOMATIC else None
-            monitor = (
-                EarlyMonitor(options, supported=turn.supported)
-                if mode in (RoutingMode.AUTOMATIC, RoutingMode.DRAFT_THEN_REFINE) and not same_model
-                else None
+            first = len(legs) == 1
+            if leg.outcome == "failed":
+                router.leg_failed(first, leg.reason or f"the {leg.role} model failed")
+                notices.append(self._failure_notice(leg, first, legs))
+                return
+            if not first:
+                if leg.purpose == "refine":
+                    router.refined(legs[0].response.text, leg.response.text)
+                return
+            draft = leg.response.text
+            plan = router.after_answer(draft, leg.response.token_logprobs)
+            if router.decision.action == NOT_ESCALATED:
+                notices.append(Notice("info", router.decision.describe()))
+            if plan is None:
+                return
+            if plan.purpose == "refine":
+                refine = self.refine_messages(prompt, draft, options)
+                if refine is None:
+                    router.keep_draft("no room left in the context window for a refined answer")
+                    return
+                messages, max_tokens = refine
+            leg.outcome = "drafted" if plan.purpose == "refine" else "escalated"
+            leg.reason = router.decision.reason
+            yield Escalated(
+                reason=router.decision.reason or "",
+                from_model=leg.response.model,
+                to_alias=aliases[plan.role],
+                draft=draft,
+                early=router.decision.early,
+                purpose=plan.purpose,
             )
-            # Token logprobs halve llama.cpp's decode speed: ask for them only when a routing decision reads them.
-            decides = mode is RoutingMode.DRAFT_THEN_REFINE or (mode is RoutingMode.AUTOMATIC and not same_model)
-            async with aclosing(self._answer(small, grounded.messages, options, monitor, logprobs=decides)) as leg_events:
-                async for event in leg_events:
-                    yield event
-            final = small
-            if small.outcome == "failed":
-                notices.append(Notice("error", small.reason or "The small model failed."))
-            else:
-                escalation, early, purpose = self._decide(mode, small, monitor, prompt_sources, options, turn)
-                if escalation and same_model:
-                    notices.append(Notice(
-                        "info",
-                        f"Not escalated ({escalation}): the large role is served by the same model, {same_model}. "
-                        "Configure a larger model to let the router escalate.",
-                    ))
-                elif escalation:
-                    small.outcome, small.reason = "escalated", escalation
-                    turn.metrics.escalation_reason = escalation
-                    yield Escalated(
-                        reason=escalation,
-                        from_model=small.response.model,
-                        to_alias=aliases["large"],
-                        draft=small.response.text,
-                        early=early,
-                    )
-                    large = _Leg("large", aliases["large"], purpose=purpose)
-                    turn.legs.append(large)
-                    messages = grounded.messages
-                    if purpose == "refine":
-                        messages = self._refine_messages(question, prompt_sources, history, small.response.text, options)
-                    async with aclosing(self._answer(large, messages, options, None, logprobs=False)) as leg_events:
-                        async for event in leg_events:
-                            yield event
-                    if large.outcome == "failed":
-                        notices.append(
-                            Notice(
-                                "warning",
-                                f"The large model ({aliases['large']}) could not answer, so the small model's "
-                                f"answer is kept. {large.reason}",
-                            )
-                        )
-                    else:
-                        final = large
 
-        for notice in notices:
-            yield notice
+    async def stream_leg(
+        self,
+        leg: _Leg,
+        plan: LegPlan,
+        messages: list[dict],
+        options: RoutingOptions,
+        *,
+        router: Router | None = None,
+        max_tokens: int | None = None,
+        price: Price | None = None,
+        notices: list[Notice] | None = None,
+    ) -> AsyncIterator[object]:
+        """Stream one model call as AnswerStarted + (Thinking... ThinkingFinished)? + Tokens; record its Response
+        and outcome on ``leg``.
 
-        text = final.response.text if final and final.response else ""
-        answered_by = final.response.model if final and final.response and final.response.text else None
-        turn.metrics.answered_by = answered_by
-        turn.metrics.legs = [
-            LegMetrics.from_response(leg.role, leg.response, self._price(leg), leg.outcome, leg.reason)
-            for leg in turn.legs
+        With ``plan.watch``, each delta goes to ``router.watch``; a reason back stops the stream (leaving
+        the ``async with`` closes the HTTP stream, so the server stops generating). The large role gets
+        its own token budget and the reasoning effort. Thinking is streamed as ``Thinking`` events and
+        kept out of the answer text (and so out of the history, the citation and length checks and the
+        router's watch). An answer cut by its budget gets a warning notice; a leg that spent its whole
+        budget thinking counts as failed, so a cascade keeps the small answer. A server failure is
+        recorded (outcome "failed", reason = the client's message), not raised. CancelledError
+        propagates; the stream is closed by then.
+        """
+        large = leg.role == "large"
+        budget = max_tokens or (options.large_max_tokens if large else options.max_tokens)
+        stream = self.client.stream(
+            leg.alias, messages, temperature=options.temperature, max_tokens=budget, logprobs=plan.logprobs,
+            reasoning_effort=(options.reasoning_effort or None) if large else None,
+        )
+        leg.response = stream.response
+        thinking_open = False
+        try:
+            async with stream:
+                yield AnswerStarted(role=leg.role, alias=leg.alias, model=stream.response.model, purpose=leg.purpose)
+                async for kind, text in stream.parts():
+                    if kind == REASONING:
+                        thinking_open = True
+                        yield Thinking(text=text, role=leg.role)
+                        continue
+                    if thinking_open:
+                        thinking_open = False
+                        yield _thinking_finished(leg, answered=True)
+                    yield Token(text=text, role=leg.role)
+                    if plan.watch and router is not None and router.watch(text, stream.response.token_logprobs):
+                        break  # leaving the async with closes the upstream stream
+        except asyncio.CancelledError:
+            leg.outcome = "cancelled"
+            raise
+        except ModelServerError as exc:
+            leg.outcome, leg.reason, leg.error_kind = "failed", str(exc), type(exc).__name__
+            if exc.partial is not None:
+                leg.response = exc.partial
+            if leg.response.error is None:
+                leg.response.error = str(exc)
+        if thinking_open:
+            yield _thinking_finished(leg, answered=False)
+        response = leg.response
+        if leg.outcome != "failed" and response.truncated:
+            if not response.text.strip():
+                leg.outcome = "failed"
+                leg.reason = (f"{response.model} spent its whole budget of {budget} tokens thinking and gave no "
+                              "answer (raise the large model's token budget or lower its reasoning effort)")
+            elif notices is not None:
+                notices.append(Notice("warning", f"The answer of {response.model} was cut off by its budget of "
+                                                 f"{budget} tokens; it is incomplete."))
+
+    def _failure_notice(self, leg: _Leg, first: bool, legs: list[_Leg]) -> Notice:
+        if first:
+            return Notice("error", leg.reason or f"The {leg.role} model failed.", leg.error_kind)
+        kept = "draft" if leg.purpose == "refine" else "small model's answer"
+        return Notice("warning", f"The large model ({leg.alias}) could not answer, so the {kept} is kept. {leg.reason}",
+                      leg.error_kind)
+
+    # ------------------------------------------------------------------------------ the record
+    def _record(
+        self, question, sources, decision: RoutingDecision, legs: list[_Leg], metrics: TurnMetrics, notices,
+        *, supported: bool, sources_found: int, prices: dict | None = None,
+    ) -> TurnRecord:
+        answering = next((leg for leg in reversed(legs) if leg.outcome == "answered"), legs[0] if legs else None)
+        response = answering.response if answering else None
+        text = response.text if response else ""
+        answered_by = response.model if response and text else None
+        metrics.answered_by = answered_by
+        metrics.escalation_reason = decision.reason if decision.escalated else None
+        metrics.confidence = decision.confidence
+        metrics.legs = [
+            LegMetrics.from_response(leg.role, leg.response, self._price(leg, prices), leg.outcome, leg.reason)
+            for leg in legs
             if leg.response is not None
         ]
-        turn.metrics.total_ms = (time.perf_counter() - turn.started) * 1000
-        yield TurnFinished(
+        return TurnRecord(
+            question=question,
             text=text,
             answered_by=answered_by,
-            metrics=turn.metrics,
-            responses=[leg.response for leg in turn.legs if leg.response is not None],
-            cited=cited_numbers(text),
-            sources_used=sources_used,
-            supported=turn.supported,
-            sources_found=turn.sources_found,
+            answered_role=answering.role if answered_by else None,
+            answered_alias=answering.alias if answered_by else None,
+            sources=list(sources),
+            citations=resolve_citations(text, sources, skip_sentence=looks_declined),
+            routing=decision,
+            metrics=metrics,
+            supported=supported,
+            sources_found=sources_found,
+            notices=list(notices),
+            responses=[leg.response for leg in legs if leg.response is not None],
         )
 
-    # ------------------------------------------------------------------------------- helpers
-    async def _same_model_for_both(self, aliases: dict[str, str]) -> str | None:
+    async def _same_model_for_both(self) -> str | None:
         """The served id when both roles resolve to the same model, else None (also when unresolvable)."""
+        aliases = self.aliases()
         try:
             small = await self.client.resolve(aliases["small"])
             large = await self.client.resolve(aliases["large"])
@@ -259,75 +399,14 @@ class Pipeline:
             return None
         return small if small == large else None
 
-    def _price(self, leg: _Leg) -> Price:
+    def _price(self, leg: _Leg, prices: dict | None = None) -> Price:
         # A request that failed before its first token (refused, unreachable) is not billed.
         if leg.outcome == "failed" and leg.response.timings.first_token is None:
             return Price(0.0, 0.0)
-        return self.prices[leg.role]
-
-    def _decide(self, mode, small: _Leg, monitor, sources, options, turn) -> tuple[str | None, bool, str]:
-        """(escalation reason or None, stopped early, purpose of the large leg)."""
-        response = small.response
-        if monitor is not None and monitor.fired:
-            turn.metrics.confidence = token_confidence(response.token_logprobs, options.confidence_quantile)
-            return monitor.fired, True, "answer"
-        assessment = assess(response.text, response.token_logprobs, sources, options, supported=turn.supported)
-        turn.metrics.confidence = assessment.confidence
-        if mode is RoutingMode.AUTOMATIC and assessment.escalate:
-            return assessment.reason, False, "answer"
-        if mode is RoutingMode.DRAFT_THEN_REFINE:
-            reason = refine_reason(response.text, assessment, options)
-            if reason:
-                return reason, False, "refine"
-        return None, False, "answer"
-
-    def _refine_messages(self, question, sources, history, draft: str, options: RoutingOptions) -> list[dict]:
-        """The grounded prompt, then the draft as the assistant's turn, then the request to improve it."""
-        extra = count_tokens(draft) + count_tokens(REFINE_INSTRUCTION) + 16
-        grounded = build_grounded_messages(
-            question,
-            sources,
-            history=list(history),
-            context_window=self.settings.context_window,
-            max_answer_tokens=options.max_tokens + extra,
-            history_budget=self.settings.history_token_budget,
-        )
-        return grounded.messages + [
-            {"role": "assistant", "content": draft},
-            {"role": "user", "content": REFINE_INSTRUCTION},
-        ]
-
-    async def _answer(
-        self, leg: _Leg, messages: list[dict], options: RoutingOptions, monitor, *, logprobs: bool
-    ) -> AsyncIterator[object]:
-        """Stream one leg as AnswerStarted + Tokens; record its Response and outcome on ``leg``.
-
-        A server failure is recorded (outcome "failed", reason = the client's message), not raised.
-        CancelledError propagates; the ``async with`` has closed the stream by then.
-        """
-        stream = self.client.stream(
-            leg.alias, messages, temperature=options.temperature, max_tokens=options.max_tokens, logprobs=logprobs
-        )
-        leg.response = stream.response
-        try:
-            async with stream:
-                yield AnswerStarted(role=leg.role, alias=leg.alias, model=stream.response.model, purpose=leg.purpose)
-                async for delta in stream:
-                    yield Token(text=delta, role=leg.role)
-                    if monitor is not None and monitor.feed(delta, stream.response.token_logprobs):
-                        break  # leaving the async with closes the upstream stream
-        except asyncio.CancelledError:
-            leg.outcome = "cancelled"
-            raise
-        except ModelServerError as exc:
-            leg.outcome, leg.reason = "failed", str(exc)
-            if exc.partial is not None:
-                leg.response = exc.partial
-            if leg.response.error is None:
-                leg.response.error = str(exc)
+        price = (prices or {}).get(leg.role) or self.prices.get(leg.role)
+        return price or Price(0.0, 0.0)
 
 
-def _confidence(leg: _Leg, options: RoutingOptions) -> float | None:
-    if leg.response is None:
-        return None
-    return token_confidence(leg.response.token_logprobs, options.confidence_quantile)
+def _thinking_finished(leg: _Leg, *, answered: bool) -> ThinkingFinished:
+    seconds = leg.response.timings.thinking_s or 0.0
+    return ThinkingFinished(role=leg.role, seconds=seconds, answered=answered)

@@ -12,15 +12,15 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from routing.options import REASONING_EFFORT_CHOICES, ReasoningEffort, RoutingMode, RoutingOptions
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "ASSISTANT_"
 
 
-class RoutingMode(str, Enum):
-    AUTOMATIC = "automatic"
-    SMALL_ONLY = "small"
-    LARGE_ONLY = "large"
-    DRAFT_THEN_REFINE = "draft_refine"
+def _option(name: str):
+    """A routing option's field, with the default, range and description :class:`RoutingOptions` gives it."""
+    return RoutingOptions.model_fields[name]
 
 
 class BM25Backend(str, Enum):
@@ -66,13 +66,16 @@ class Settings(BaseSettings):
     )
     embedded_active: bool = Field(default=False, description="Set by the launcher when the embedded model serves.")
     configured_endpoint: str = Field(default="", description="Set by the launcher: the endpoint that did not answer.")
+    discovery: str = Field(default="", description="Set by the launcher: how the model server was found.")
     embedded_threads: int = Field(default=1, ge=1, description="CPU threads for the embedded model.")
     embedded_context: int = Field(default=2048, ge=256, description="Context window of the embedded model.")
 
     # --- conversation -------------------------------------------------------------------------
     history_token_budget: int = Field(default=1200, ge=0, description="Tokens of earlier turns sent with a question.")
-    temperature: float = Field(default=0.2, ge=0, le=2)
-    max_tokens: int = Field(default=512, ge=1, le=32768, description="Largest answer, in tokens.")
+    temperature: float = _option("temperature")
+    max_tokens: int = _option("max_tokens")
+    large_max_tokens: int = _option("large_max_tokens")
+    reasoning_effort: ReasoningEffort = _option("reasoning_effort")
 
     # --- retrieval ----------------------------------------------------------------------------
     knowledge_dir: Path = Field(default=PROJECT_ROOT / "knowledge", description="Folder of shared documents.")
@@ -81,21 +84,17 @@ class Settings(BaseSettings):
     chunk_overlap: int = Field(default=50, ge=0, description="Tokens shared by neighbouring chunks.")
     bm25_backend: BM25Backend = Field(default=BM25Backend.RANK_BM25)
     top_k: int = Field(default=5, ge=1, le=50, description="Sources retrieved per question.")
-    min_source_score: float = Field(default=1.0, ge=0, description="BM25 score a source needs to count as support.")
+    min_source_score: float = _option("min_source_score")
     context_window: int = Field(default=2048, ge=512, description="Model context window the prompt must fit in.")
 
     # --- routing ------------------------------------------------------------------------------
-    routing_mode: RoutingMode = Field(default=RoutingMode.AUTOMATIC)
-    min_answer_chars: int = Field(default=40, ge=0, description="Answers shorter than this escalate.")
-    confidence_threshold: float = Field(
-        default=0.30, ge=0, le=1, description="Escalate when the low-quantile token probability is below this."
-    )
-    confidence_quantile: float = Field(default=0.10, gt=0, lt=1, description="Quantile of token probabilities used.")
-    early_check_tokens: int = Field(default=24, ge=1, description="Tokens streamed before early escalation may fire.")
-    early_confidence_floor: float = Field(
-        default=0.15, ge=0, le=1, description="Running confidence below this after N tokens stops the small model."
-    )
-    refine_min_chars: int = Field(default=600, ge=0, description="Draft-then-refine: drafts this long get refined.")
+    routing_mode: RoutingMode = _option("mode")
+    min_answer_chars: int = _option("min_answer_chars")
+    confidence_threshold: float = _option("confidence_threshold")
+    confidence_quantile: float = _option("confidence_quantile")
+    early_check_tokens: int = _option("early_check_tokens")
+    early_confidence_floor: float = _option("early_confidence_floor")
+    refine_min_chars: int = _option("refine_min_chars")
 
     # --- cost (hypothetical cloud prices, USD per million tokens; assumptions, not quotes) -----
     small_input_price: float = Field(default=0.10, ge=0)
@@ -129,6 +128,9 @@ class Settings(BaseSettings):
         if self.chunk_overlap >= self.chunk_tokens:
             raise ValueError("chunk_overlap must be smaller than chunk_tokens")
         return self
+
+    def routing_options(self) -> RoutingOptions:
+        return RoutingOptions.from_settings(self)
 
     @property
     def sqlalchemy_url(self) -> str:

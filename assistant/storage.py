@@ -169,3 +169,16 @@ class LocalFileStorage:
 
     async def close(self) -> None:
         return None
+
+
+def thread_data_layer(conninfo: str, storage_provider, on_delete):
+    """Chainlit's SQLAlchemy data layer, which also calls ``await on_delete(thread_id)`` once a thread is
+    deleted, so what the app keeps beside the thread (its uploads, its conversation state) goes with it."""
+    from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
+
+    class ThreadDataLayer(SQLAlchemyDataLayer):
+        async def delete_thread(self, thread_id: str):
+            await super().delete_thread(thread_id)
+            await on_delete(thread_id)
+
+    return ThreadDataLayer(conninfo=conninfo, storage_provider=storage_provider)

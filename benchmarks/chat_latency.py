@@ -26,7 +26,7 @@ from pathlib import Path
 
 from assistant.embedded import EMBEDDED_TOP_K, EmbeddedModelServer, default_model_path
 from routing.metrics import percentile
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, FINISHED_ANSWER, AppServer, make_app_root
+from benchmarks.harness import CHROMIUM, CHROMIUM_ARGS, FINISHED_ANSWER, AppServer, make_app_root
 
 QUESTIONS = [
     "What is the internal code name of the assistant?",

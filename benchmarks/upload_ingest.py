@@ -19,7 +19,7 @@ from pathlib import Path
 from assistant.uploads import save_upload
 from benchmarks.data import scifact_dir
 from rag.documents import DocumentSet
-from tests.fixtures.documents import pdf_bytes
+from benchmarks.sample_documents import pdf_bytes
 
 DEFAULT_CORPUS = scifact_dir() / "corpus.jsonl"
 

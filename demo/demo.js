@@ -21,6 +21,9 @@
     meta: $("answer-meta"),
     notices: $("notices"),
     output: $("output"),
+    thinking: $("thinking"),
+    thinkingSummary: $("thinking-summary"),
+    thinkingText: $("thinking-text"),
     endpointHost: $("endpoint-host"),
     inferenceHost: $("inference-host"),
     webgpuFact: $("webgpu-fact"),
@@ -88,6 +91,10 @@
   function resetAnswer() {
     els.notices.replaceChildren();
     els.output.textContent = "";
+    els.thinking.hidden = true;
+    els.thinking.open = true;
+    els.thinkingSummary.textContent = "Thinking…";
+    els.thinkingText.textContent = "";
     for (const dd of Object.values(els.metric)) dd.textContent = "–";
   }
 
@@ -215,6 +222,17 @@
         els.metric.tokens.textContent = String(run.tokens);
         const out = els.output;
         if (out.scrollHeight - out.scrollTop - out.clientHeight < 60) out.scrollTop = out.scrollHeight;
+        break;
+      }
+      case "thinking": {
+        els.thinking.hidden = false;
+        els.thinkingText.append(data.text);
+        break;
+      }
+      case "thought": {
+        const seconds = data.seconds < 1 ? "<1" : Math.round(data.seconds);
+        els.thinkingSummary.textContent = `Thought for ${seconds} s` + (data.answered ? "" : " (no answer: token budget spent)");
+        els.thinking.open = false;
         break;
       }
       case "notice": {
@@ -410,12 +428,15 @@
       svg.appendChild(group);
     });
 
-    const finished = items.filter((r) => r.result === "done");
+    // Both medians over the same requests (those with a first token and an end), so the median first
+    // token can never exceed the median total.
+    const timed = items.filter((r) => r.ttft !== null && r.total !== null);
     const summary = $(`summary-${role}`);
     summary.textContent = items.length
-      ? `median first token ${fmtMs(median(items.map((r) => r.ttft)))}` +
-        (finished.length ? ` · median total ${fmtMs(median(finished.map((r) => r.total)))}` : "") +
-        ` · ${items.length} request${items.length > 1 ? "s" : ""}`
+      ? (timed.length
+          ? `median first token ${fmtMs(median(timed.map((r) => r.ttft)))}` +
+            ` · median total ${fmtMs(median(timed.map((r) => r.total)))} · `
+          : "") + `${items.length} request${items.length > 1 ? "s" : ""}`
       : "";
   }
 

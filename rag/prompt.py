@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, replace
 
 from rag.chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP, chunk_text
+from rag.citations import citation_numbers as cited_numbers  # noqa: F401  (one citation syntax, rag.citations)
+from rag.citations import strip_citations
 from rag.tokens import TOKENS_PER_MESSAGE, count_message_tokens, count_tokens, decode, encode
 from rag.types import Chunk, ScoredChunk
 
@@ -34,7 +36,6 @@ NO_SOURCES_NOTE = (
 
 # Tags of the data block; anything in document text that could be read as one of them is defused.
 _BLOCK_TAG = re.compile(r"<(\s*/?\s*)(sources?|question|system|instructions?)\b", re.IGNORECASE)
-_CITATION = re.compile(r"\[(\s*\d+(?:\s*[,;]\s*\d+)*\s*)\]")
 _MIN_TRUNCATED_SOURCE_TOKENS = 48
 _MIN_OVERLAP_CHARS = 20
 
@@ -136,8 +137,7 @@ def remove_overlaps(sources: list[ScoredChunk]) -> list[ScoredChunk]:
 def summarise_answer(text: str, max_tokens: int = SUMMARY_TOKENS) -> str:
     """An earlier answer in short: its first sentence, without [n] citations (their numbers named
     another turn's sources), cut to ``max_tokens``."""
-    plain = " ".join(_CITATION.sub("", text).split())
-    plain = re.sub(r"\s+([.,;:!?])", r"\1", plain)
+    plain = " ".join(strip_citations(text).split())
     match = re.search(r"(?<=[.!?])\s", plain)
     first = plain[: match.start()] if match else plain
     tokens = encode(first)
@@ -274,17 +274,6 @@ def build_grounded_messages(
             questions = questions[1:]
         messages = [system, asked] if questions else [system, user]
     return GroundedPrompt(messages=messages, sources_used=used, prompt_tokens=count_message_tokens(messages))
-
-
-def cited_numbers(text: str) -> list[int]:
-    """The source numbers cited as [n] or [n, m] in ``text``, in order of first appearance."""
-    numbers: list[int] = []
-    for match in _CITATION.finditer(text or ""):
-        for part in re.split(r"[,;]", match.group(1)):
-            number = int(part)
-            if number not in numbers:
-                numbers.append(number)
-    return numbers
 
 
 def reference_text_sources(

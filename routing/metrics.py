@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+import numpy as np
+
 from routing.client import Response, Usage
-from routing.policy import quantile
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,13 @@ class LegMetrics:
     decode_tokens_per_s: float | None
     cost_usd: float
     reason: str | None = None
+    # A reasoning model thinks before it answers: the split of time and tokens between the two.
+    answer_ttft_ms: float | None = None  # request to the first token of the answer itself
+    thinking_ms: float | None = None  # first to last thinking token; None when it did not think
+    reasoning_tokens: int = 0
+    reasoning_estimated: bool = False  # "~": the server did not count them (completion_tokens_details)
+    answer_tokens: int | None = None
+    truncated: bool = False  # cut by its token budget
 
     @classmethod
     def from_response(cls, role: str, response: Response, price: Price, outcome: str, reason: str | None = None):
@@ -67,6 +75,12 @@ class LegMetrics:
             decode_tokens_per_s=response.decode_tokens_per_s,
             cost_usd=price.cost(usage),
             reason=reason,
+            answer_ttft_ms=_ms(response.timings.first_answer_s),
+            thinking_ms=_ms(response.timings.thinking_s),
+            reasoning_tokens=usage.reasoning_tokens,
+            reasoning_estimated=usage.reasoning_estimated,
+            answer_tokens=usage.answer_tokens,
+            truncated=response.truncated,
         )
 
     @classmethod
@@ -112,6 +126,38 @@ class TurnMetrics:
     def generation_ms(self) -> float:
         return sum(leg.generation_ms or 0.0 for leg in self.legs)
 
+    @property
+    def first_answer_ms(self) -> float | None:
+        """Time to the first token of the final answer, from the start of the turn: any escalated draft and
+        the answering model's thinking included."""
+        answering = self.answering_leg
+        if answering is None or answering.answer_ttft_ms is None:
+            return None
+        before = self.legs[: self.legs.index(answering)]
+        return self.retrieval_ms + self.prompt_ms + sum(leg.total_ms or 0.0 for leg in before) + answering.answer_ttft_ms
+
+    @property
+    def thinking_ms(self) -> float | None:
+        spans = [leg.thinking_ms for leg in self.legs if leg.thinking_ms is not None]
+        return sum(spans) if spans else None
+
+    @property
+    def reasoning_tokens(self) -> int:
+        return sum(leg.reasoning_tokens for leg in self.legs)
+
+    @property
+    def reasoning_estimated(self) -> bool:
+        return any(leg.reasoning_estimated for leg in self.legs)
+
+    @property
+    def answer_tokens(self) -> int:
+        return sum(leg.completion_tokens - leg.reasoning_tokens for leg in self.legs)
+
+    @property
+    def truncated(self) -> bool:
+        answering = self.answering_leg
+        return bool(answering and answering.truncated)
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data.update(
@@ -121,6 +167,12 @@ class TurnMetrics:
             tokens_estimated=self.tokens_estimated,
             ttft_ms=self.ttft_ms,
             generation_ms=self.generation_ms,
+            first_answer_ms=self.first_answer_ms,
+            thinking_ms=self.thinking_ms,
+            reasoning_tokens=self.reasoning_tokens,
+            reasoning_estimated=self.reasoning_estimated,
+            answer_tokens=self.answer_tokens,
+            truncated=self.truncated,
         )
         return data
 
@@ -131,6 +183,33 @@ class TurnMetrics:
         turn = cls(**{k: v for k, v in data.items() if k in names})
         turn.legs = [LegMetrics.from_dict(leg) for leg in data.get("legs") or []]
         return turn
+
+    def summary(self) -> "MetricsSummary":
+        """The turn's numbers as every front end shows them: rates and timings of the answering leg."""
+        leg = self.answering_leg
+        return MetricsSummary(
+            answered_by=self.answered_by,
+            answered_role=leg.role if leg else None,
+            escalation_reason=self.escalation_reason,
+            confidence=self.confidence,
+            ttft_ms=self.ttft_ms,
+            total_ms=self.total_ms,
+            retrieval_ms=self.retrieval_ms,
+            prompt_ms=self.prompt_ms,
+            model_ttft_ms=leg.ttft_ms if leg else None,
+            generation_ms=leg.generation_ms if leg else None,
+            decode_tokens_per_s=leg.decode_tokens_per_s if leg else None,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            tokens_estimated=self.tokens_estimated,
+            cost_usd=self.cost_usd,
+            calls=len(self.legs),
+            thinking_ms=self.thinking_ms,
+            first_answer_ms=self.first_answer_ms,
+            reasoning_tokens=self.reasoning_tokens,
+            reasoning_estimated=self.reasoning_estimated,
+            truncated=self.truncated,
+        )
 
     @property
     def answering_leg(self) -> LegMetrics | None:
@@ -144,14 +223,46 @@ class TurnMetrics:
         return None
 
 
+@dataclass
+class MetricsSummary:
+    """One turn in figures. Rates and the model's own timings are the answering leg's (not the last leg's:
+    when the large model fails and the small answer is kept, these are the small model's); tokens and cost
+    add up every leg; ``ttft_ms`` is from the start of the turn to the first token the user saw."""
+
+    answered_by: str | None
+    answered_role: str | None
+    escalation_reason: str | None
+    confidence: float | None
+    ttft_ms: float | None
+    total_ms: float
+    retrieval_ms: float
+    prompt_ms: float
+    model_ttft_ms: float | None  # the answering call's own time to first token
+    generation_ms: float | None
+    decode_tokens_per_s: float | None
+    prompt_tokens: int
+    completion_tokens: int
+    tokens_estimated: bool
+    cost_usd: float
+    calls: int
+    thinking_ms: float | None = None  # a reasoning model's thinking, every leg
+    first_answer_ms: float | None = None  # turn start to the answer's own first token (thinking included)
+    reasoning_tokens: int = 0
+    reasoning_estimated: bool = False
+    truncated: bool = False  # the answer was cut by its token budget
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 # --------------------------------------------------------------------------------------------------
 # A conversation's metrics: running cost, per-model statistics, a latency chart
 # --------------------------------------------------------------------------------------------------
 
 
 def percentile(values: list[float], q: float) -> float | None:
-    """The q-th percentile (0-100), interpolated as numpy does by default; None for no values."""
-    return quantile(values, q / 100.0) if values else None
+    """The q-th percentile (0-100), numpy's linear interpolation; None for no values."""
+    return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else None
 
 
 def mean(values: list[float | None]) -> float | None:
@@ -316,16 +427,21 @@ def latency_figure(session: SessionMetrics):
 
 def format_metrics_line(turn: TurnMetrics) -> str:
     """A compact one-line summary: model, TTFT, decode rate, tokens ("~" when estimated), simulated cost."""
-    leg = turn.answering_leg
-    parts = [turn.answered_by or NO_ANSWER]
-    if turn.escalation_reason:
-        parts[0] += f" (escalated: {turn.escalation_reason})"
-    if turn.ttft_ms is not None:
-        parts.append(f"TTFT {turn.ttft_ms:.0f} ms")
-    if leg is not None and leg.decode_tokens_per_s is not None:
-        parts.append(f"{leg.decode_tokens_per_s:.1f} tok/s")
-    mark = "~" if turn.tokens_estimated else ""
-    parts.append(f"{mark}{turn.prompt_tokens} in / {mark}{turn.completion_tokens} out tokens")
-    parts.append(f"{turn.total_ms / 1000:.2f} s")
-    parts.append(f"sim. ${turn.cost_usd:.6f}")
+    summary = turn.summary()
+    parts = [summary.answered_by or NO_ANSWER]
+    if summary.escalation_reason:
+        parts[0] += f" (escalated: {summary.escalation_reason})"
+    if summary.ttft_ms is not None:
+        parts.append(f"TTFT {summary.ttft_ms:.0f} ms")
+    if summary.thinking_ms is not None:
+        mark = "~" if summary.reasoning_estimated else ""
+        parts.append(f"thought {summary.thinking_ms / 1000:.1f} s ({mark}{summary.reasoning_tokens} tokens)")
+        if summary.first_answer_ms is not None:
+            parts.append(f"first answer token {summary.first_answer_ms:.0f} ms")
+    if summary.decode_tokens_per_s is not None:
+        parts.append(f"{summary.decode_tokens_per_s:.1f} tok/s")
+    mark = "~" if summary.tokens_estimated else ""
+    parts.append(f"{mark}{summary.prompt_tokens} in / {mark}{summary.completion_tokens} out tokens")
+    parts.append(f"{summary.total_ms / 1000:.2f} s")
+    parts.append(f"sim. ${summary.cost_usd:.6f}")
     return " · ".join(parts)

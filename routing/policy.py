@@ -16,6 +16,11 @@ Signals, each computed from the answer itself:
 * **declined**: the answer opens with a refusal or says the sources do not cover the question
   (``DECLINE_PATTERNS``, English, case- and punctuation-insensitive).
 * **retrieval support**: some source scored at or above ``min_source_score``.
+* **grounding** (from the answer and its sources, for servers that send no logprobs, such as Foundry
+  Local): the answer cites no source although supporting sources were given; it cites a number that
+  was not given; little of its content is found in the sources it cites. See :func:`grounding_signals`.
+  Computed for every answer (the evaluation counts them); they decide only when logprobs are absent,
+  and the reason says so.
 
 How support combines with the rest (a decision, see :func:`assess`): missing support alone never
 escalates - the large model would get the same (empty) sources, so it cannot ground its answer any
@@ -29,102 +34,15 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, fields, replace
-from typing import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
 
-from assistant.settings import RoutingMode
+import numpy as np
 
-# --------------------------------------------------------------------------------------------------
-# Options
-# --------------------------------------------------------------------------------------------------
+from rag.citations import citation_numbers as cited_numbers
+from routing.options import RoutingMode, RoutingOptions
 
-
-@dataclass(frozen=True)
-class RoutingOptions:
-    mode: RoutingMode = RoutingMode.AUTOMATIC
-    temperature: float = 0.2
-    max_tokens: int = 512
-    min_answer_chars: int = 40
-    confidence_threshold: float = 0.30
-    confidence_quantile: float = 0.10
-    early_check_tokens: int = 24
-    early_confidence_floor: float = 0.15
-    min_source_score: float = 1.0
-    refine_min_chars: int = 600
-
-    @classmethod
-    def from_settings(cls, settings) -> "RoutingOptions":
-        return cls(
-            mode=RoutingMode(settings.routing_mode),
-            temperature=settings.temperature,
-            max_tokens=settings.max_tokens,
-            min_answer_chars=settings.min_answer_chars,
-            confidence_threshold=settings.confidence_threshold,
-            confidence_quantile=settings.confidence_quantile,
-            early_check_tokens=settings.early_check_tokens,
-            early_confidence_floor=settings.early_confidence_floor,
-            min_source_score=settings.min_source_score,
-            refine_min_chars=settings.refine_min_chars,
-        )
-
-    def with_overrides(self, values: Mapping[str, object] | None) -> "RoutingOptions":
-        """A copy with the known keys of ``values`` (e.g. chat settings) applied; other keys are ignored.
-
-        ``routing_mode`` is accepted for ``mode``. Values are converted to the field's type (chat
-        widgets send numbers as floats or strings); a value that does not convert, or is out of
-        range, raises ``ValueError`` naming the key.
-        """
-        if not values:
-            return self
-        changes: dict[str, object] = {}
-        for f in fields(self):
-            key = f.name
-            if key in values:
-                raw = values[key]
-            elif key == "mode" and "routing_mode" in values:
-                raw = values["routing_mode"]
-            else:
-                continue
-            if raw is None:
-                continue
-            changes[key] = _convert(key, raw, getattr(self, key))
-        result = replace(self, **changes)
-        result.validate()
-        return result
-
-    def validate(self) -> None:
-        checks = [
-            ("temperature", 0 <= self.temperature <= 2),
-            ("max_tokens", self.max_tokens >= 1),
-            ("min_answer_chars", self.min_answer_chars >= 0),
-            ("confidence_threshold", 0 <= self.confidence_threshold <= 1),
-            ("confidence_quantile", 0 < self.confidence_quantile < 1),
-            ("early_check_tokens", self.early_check_tokens >= 1),
-            ("early_confidence_floor", 0 <= self.early_confidence_floor <= 1),
-            ("min_source_score", self.min_source_score >= 0),
-            ("refine_min_chars", self.refine_min_chars >= 0),
-        ]
-        for name, ok in checks:
-            if not ok:
-                raise ValueError(f"routing option {name} out of range: {getattr(self, name)!r}")
-
-
-def _convert(key: str, raw: object, current: object) -> object:
-    try:
-        if isinstance(current, RoutingMode):
-            return RoutingMode(raw.value if isinstance(raw, RoutingMode) else str(raw).strip().lower())
-        if isinstance(current, bool):
-            return bool(raw)
-        if isinstance(current, int):
-            number = float(raw)
-            if not number.is_integer():
-                raise ValueError
-            return int(number)
-        if isinstance(current, float):
-            return float(raw)
-    except (TypeError, ValueError):
-        raise ValueError(f"routing option {key}: cannot use {raw!r}") from None
-    return raw
+__all__ = ["RoutingMode", "RoutingOptions", "Signal", "Assessment", "assess", "EarlyMonitor", "refine_reason"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -133,14 +51,10 @@ def _convert(key: str, raw: object, current: object) -> object:
 
 
 def quantile(values: Sequence[float], q: float) -> float:
-    """The q-quantile with linear interpolation between order statistics (numpy's default)."""
-    if not values:
+    """The q-quantile, interpolated linearly between order statistics (numpy's default method)."""
+    if len(values) == 0:
         raise ValueError("quantile of no values")
-    ordered = sorted(values)
-    position = q * (len(ordered) - 1)
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    return float(np.quantile(np.asarray(values, dtype=float), q))
 
 
 def token_confidence(token_logprobs: Sequence[float] | None, q: float = 0.10) -> float | None:
@@ -206,9 +120,86 @@ def retrieval_supported(sources: Iterable, min_source_score: float) -> bool:
     return any(getattr(s, "score", 0.0) >= min_source_score for s in sources)
 
 
+# Grounding: is the answer built on the sources it was given?
+NO_CITATION = "no citation"
+UNKNOWN_CITATION = "unknown citation"
+LOW_OVERLAP = "low overlap"
+GROUNDING_SIGNALS = (NO_CITATION, UNKNOWN_CITATION, LOW_OVERLAP)
+
+_WORD = re.compile(r"[a-z0-9]+")
+_COMMON_WORDS = frozenset(
+    "about above after again also because been before being below between both could does doing down during each "
+    "from further have having here into itself more most much must only other over same should some such than "
+    "that their theirs them then there these they this those through under until very were what when where "
+    "which while will with would your yours answer sources source according".split()
+)
+MIN_WORDS_FOR_OVERLAP = 4  # answers with fewer content words are judged by length instead
+
+
+def content_words(text: str) -> list[str]:
+    """Words of four letters or more that carry content, cut to five letters (a crude stem: vacation/vacations)."""
+    return [w[:5] for w in _WORD.findall(text.lower()) if len(w) >= 4 and w not in _COMMON_WORDS]
+
+
+def grounded_share(text: str, cited_texts: Sequence[str]) -> float | None:
+    """The share of the answer's content words found in the texts it cites; None for too few words."""
+    words = content_words(text)
+    if len(words) < MIN_WORDS_FOR_OVERLAP:
+        return None
+    known = set()
+    for cited in cited_texts:
+        known.update(content_words(cited))
+    return sum(w in known for w in words) / len(words)
+
+
+def _source_text(source) -> str:
+    chunk = getattr(source, "chunk", source)
+    return getattr(chunk, "text", "") or ""
+
+
+def grounding_signals(
+    text: str, sources: Sequence, *, supported: bool, min_share: float = 0.30
+) -> dict[str, str]:
+    """Signals computed from the answer and the numbered sources it was given, key -> reason text.
+
+    * ``no citation``: supporting sources were given and the answer cites none of them;
+    * ``unknown citation``: it cites a number outside 1..len(sources);
+    * ``low overlap``: less than ``min_share`` of its content words occur in the sources it cites.
+    """
+    fired: dict[str, str] = {}
+    cited = cited_numbers(text)
+    given = len(sources)
+    if supported and given and not cited:
+        fired[NO_CITATION] = f"cites none of the {given} sources given"
+    unknown = [n for n in cited if not 1 <= n <= given]
+    if unknown:
+        fired[UNKNOWN_CITATION] = "cites " + ", ".join(f"[{n}]" for n in unknown) + f" but {given} sources were given"
+    valid = [n for n in cited if 1 <= n <= given]
+    if valid:
+        share = grounded_share(text, [_source_text(sources[n - 1]) for n in valid])
+        if share is not None and share < min_share:
+            fired[LOW_OVERLAP] = f"only {share:.0%} of its words are in the sources it cites"
+    return fired
+
+
 # --------------------------------------------------------------------------------------------------
 # The verdict on a finished answer
 # --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One thing the router measured, against the limit it is judged by."""
+
+    name: str  # "length", "confidence", "declined", "support", "draft length", "early decline", "early confidence"
+    value: float | int | bool | None  # None: not measurable (e.g. no logprobs)
+    threshold: float | int | None
+    fired: bool  # the value crossed the limit (on its own it may still not escalate: see assess)
+    detail: str  # how the app says it, e.g. "answer 12 chars < 40"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "value": self.value, "threshold": self.threshold, "fired": self.fired,
+                "detail": self.detail}
 
 
 @dataclass
@@ -219,6 +210,9 @@ class Assessment:
     confidence_available: bool = False
     declined: bool = False
     supported: bool = True
+    signals: list[Signal] = field(default_factory=list)
+    grounding: dict[str, str] = field(default_factory=dict)  # grounding signals that fired (key -> reason)
+    grounding_decided: bool = False  # logprobs were absent, so the grounding signals counted
 
     @property
     def reason(self) -> str | None:
@@ -244,7 +238,26 @@ def assess(
         supported = retrieval_supported(sources, options.min_source_score)
     declined = looks_declined(text)
     chars = len(text.strip())
+    grounding = grounding_signals(text, sources, supported=supported, min_share=options.min_grounded_share)
+    # Without logprobs the grounding signals stand in for confidence, on answers long enough to judge.
+    grounding_decides = confidence is None and not declined and chars >= options.min_answer_chars
 
+    short = chars < options.min_answer_chars
+    unsure = confidence is not None and confidence < options.confidence_threshold
+    signals = [
+        Signal("length", chars, options.min_answer_chars, short,
+               f"answer {chars} chars {'<' if short else '>='} {options.min_answer_chars}"),
+        Signal("confidence", None if confidence is None else round(confidence, 4), options.confidence_threshold, unsure,
+               "no token probabilities from the server" if confidence is None else
+               f"confidence {confidence:.2f} {'<' if unsure else '>='} {options.confidence_threshold:.2f}"),
+        Signal("declined", declined, None, declined, "declined" if declined else "did not decline"),
+        Signal("support", supported, options.min_source_score, not supported,
+               f"{'a' if supported else 'no'} source above score {options.min_source_score:g}"),
+    ]
+    for name in GROUNDING_SIGNALS:
+        if name in grounding:
+            signals.append(Signal(name, True, options.min_grounded_share if name == LOW_OVERLAP else None,
+                                  True, grounding[name] + ("" if grounding_decides else " (not deciding: logprobs present)")))
     reasons: list[str] = []
     if declined and not supported:
         # "The documents do not cover this" with nothing retrieved: correct, and the large model
@@ -253,10 +266,12 @@ def assess(
     else:
         if declined:
             reasons.append("declined")
-        if chars < options.min_answer_chars:
+        if short:
             reasons.append(f"answer {chars} chars < {options.min_answer_chars}")
-        if confidence is not None and confidence < options.confidence_threshold:
+        if unsure:
             reasons.append(f"confidence {confidence:.2f} < {options.confidence_threshold:.2f}")
+        if grounding_decides:
+            reasons.extend(f"no logprobs, so checked against its sources: {why}" for why in grounding.values())
         if reasons and not supported:
             reasons.append(f"no source above score {options.min_source_score:g}")
     return Assessment(
@@ -266,7 +281,17 @@ def assess(
         confidence_available=confidence is not None,
         declined=declined,
         supported=supported,
+        signals=signals,
+        grounding=grounding,
+        grounding_decided=grounding_decides and not (declined and not supported),
     )
+
+
+def draft_length_signal(draft: str, options: RoutingOptions) -> Signal:
+    chars = len(draft.strip())
+    long_enough = chars >= options.refine_min_chars
+    return Signal("draft length", chars, options.refine_min_chars, long_enough,
+                  f"draft {chars} chars {'>=' if long_enough else '<'} {options.refine_min_chars}")
 
 
 def refine_reason(draft: str, assessment: Assessment, options: RoutingOptions) -> str | None:
@@ -275,9 +300,9 @@ def refine_reason(draft: str, assessment: Assessment, options: RoutingOptions) -
     A long draft is worth polishing (>= ``refine_min_chars``); a draft ``assess`` flags needs fixing.
     """
     reasons = list(assessment.reasons)
-    chars = len(draft.strip())
-    if chars >= options.refine_min_chars:
-        reasons.insert(0, f"draft {chars} chars >= {options.refine_min_chars}")
+    signal = draft_length_signal(draft, options)
+    if signal.fired:
+        reasons.insert(0, signal.detail)
     return "; ".join(reasons) if reasons else None
 
 
@@ -292,7 +317,8 @@ class EarlyMonitor:
     ``feed(delta, token_logprobs_so_far)`` after each delta returns a reason to stop, else None.
     It fires once, when the answer opens with a refusal or a "the sources do not cover" (unless
     retrieval found no support: then that is the right answer), or when, after ``early_check_tokens``
-    tokens, the running low-quantile confidence is below ``early_confidence_floor``.
+    tokens, the running low-quantile confidence is below ``early_confidence_floor``. ``signal`` then
+    holds what fired.
     """
 
     def __init__(self, options: RoutingOptions, *, supported: bool = True):
@@ -302,6 +328,7 @@ class EarlyMonitor:
         self.deltas = 0
         self.confidence: float | None = None
         self.fired: str | None = None
+        self.signal: Signal | None = None
 
     def feed(self, delta: str, token_logprobs: Sequence[float] | None = None) -> str | None:
         if self.fired:
@@ -311,6 +338,7 @@ class EarlyMonitor:
         self.deltas += 1
         if self.supported and opening_so_far and looks_declined(self.text):
             self.fired = "declined at the start"
+            self.signal = Signal("early decline", True, None, True, self.fired)
             return self.fired
         if token_logprobs:
             tokens = len(token_logprobs)
@@ -321,5 +349,7 @@ class EarlyMonitor:
                         f"confidence {self.confidence:.2f} < {self.options.early_confidence_floor:.2f} "
                         f"after {tokens} tokens"
                     )
+                    self.signal = Signal("early confidence", round(self.confidence, 4),
+                                         self.options.early_confidence_floor, True, self.fired)
                     return self.fired
         return None

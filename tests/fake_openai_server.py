@@ -36,9 +36,19 @@ class Script:
     status: int = 200
     error_message: str = "scripted error"
     reject_logprobs: bool = False  # answer 400 when the request asks for logprobs
+    reject_reasoning_effort: bool = False  # answer 400 when the request carries reasoning_effort
     finish_reason: str = "stop"
     role_chunk_first: bool = True  # llama.cpp sends a role-only chunk first
     headers_delay: float = 0.0  # seconds before the response headers (a server busy with the prompt)
+    # A reasoning model's thinking, streamed before ``tokens`` in a delta field of its own:
+    # "reasoning_content" (Foundry Local, llama.cpp, vLLM < Nov 2025) or "reasoning" (Ollama, vLLM).
+    # Inline dialects (Harmony, <think>) put their markers in ``tokens`` instead.
+    reasoning: list[str] = field(default_factory=list)
+    reasoning_field: str = "reasoning_content"
+    reasoning_delay: float = 0.0  # seconds between thinking tokens
+    delta_extra: dict = field(default_factory=dict)  # fields every delta carries (Ollama: role, content "")
+    logprobs_null: bool = False  # Foundry Local: "logprobs": null in every choice, even when asked for
+    reasoning_tokens_in_usage: bool = False  # usage.completion_tokens_details.reasoning_tokens
 
 
 @dataclass
@@ -102,6 +112,8 @@ class FakeOpenAIServer:
             return JSONResponse({"error": {"message": script.error_message}}, status_code=script.status)
         if script.reject_logprobs and body.get("logprobs"):
             return JSONResponse({"error": {"message": "logprobs is not supported"}}, status_code=400)
+        if script.reject_reasoning_effort and "reasoning_effort" in body:
+            return JSONResponse({"error": {"message": "Unrecognized request argument: reasoning_effort"}}, status_code=400)
         if script.headers_delay:
             await asyncio.sleep(script.headers_delay)
         if not body.get("stream"):
@@ -116,24 +128,39 @@ class FakeOpenAIServer:
             if script.role_chunk_first:
                 yield _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]})
             await asyncio.sleep(script.first_token_delay)
+            for i, thought in enumerate(script.reasoning):
+                if i:
+                    await asyncio.sleep(script.reasoning_delay)
+                choice = {"index": 0, "delta": {**script.delta_extra, script.reasoning_field: thought},
+                          "finish_reason": None}
+                if script.logprobs_null:
+                    choice["logprobs"] = None
+                yield _sse({**base, "choices": [choice]})
+            if script.reasoning:
+                await asyncio.sleep(script.token_delay)
             for i, token in enumerate(script.tokens):
                 if i:
                     await asyncio.sleep(script.token_delay)
                 if script.drop_after is not None and i >= script.drop_after:
                     raise ConnectionAbortedError("scripted drop")
-                choice = {"index": 0, "delta": {"content": token}, "finish_reason": None}
-                if want_logprobs:
+                choice = {"index": 0, "delta": {**script.delta_extra, "content": token}, "finish_reason": None}
+                if script.logprobs_null:
+                    choice["logprobs"] = None
+                elif want_logprobs:
                     lp = script.logprobs[i] if i < len(script.logprobs) else script.logprobs[-1]
                     choice["logprobs"] = {"content": [{"token": token, "logprob": lp, "bytes": None, "top_logprobs": []}]}
                 yield _sse({**base, "choices": [choice]})
                 record.tokens_sent = i + 1
             yield _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": script.finish_reason}]})
             if script.send_usage and (body.get("stream_options") or {}).get("include_usage"):
+                completion = len(script.tokens) + len(script.reasoning)
                 usage = {
                     "prompt_tokens": script.prompt_tokens,
-                    "completion_tokens": len(script.tokens),
-                    "total_tokens": script.prompt_tokens + len(script.tokens),
+                    "completion_tokens": completion,
+                    "total_tokens": script.prompt_tokens + completion,
                 }
+                if script.reasoning_tokens_in_usage:
+                    usage["completion_tokens_details"] = {"reasoning_tokens": len(script.reasoning)}
                 yield _sse({**base, "choices": [], "usage": usage})
             yield "data: [DONE]\n\n"
             record.completed = True

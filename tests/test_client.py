@@ -15,6 +15,8 @@ from routing.client import (
     ServerRejected,
     ServerUnreachable,
     StreamInterrupted,
+    ModelName,
+    explain_alias,
     resolve_alias,
 )
 from tests.fake_openai_server import FakeOpenAIServer, Script, _free_port
@@ -327,3 +329,78 @@ async def test_an_exception_in_the_callers_loop_marks_the_answer_cut_short(serve
     assert stream.response.text == " w0"
     record = server.requests[-1]
     assert await wait_until(lambda: record.client_disconnected)
+
+
+# ----------------------------------------------------------------------------------------- real servers' ids
+
+FOUNDRY = ["Phi-4-mini-instruct-generic-cpu:5", "Phi-4-mini-instruct-cuda-gpu:5",
+           "gpt-oss-20b-generic-cpu:1", "gpt-oss-20b-cuda-gpu:1"]
+FOUNDRY_OLD = ["Phi-4-mini-instruct-generic-cpu", "Phi-4-mini-instruct-cuda-gpu",
+               "gpt-oss-20b-generic-cpu", "gpt-oss-20b-cuda-gpu"]
+OLLAMA = ["phi4-mini:latest", "gpt-oss:20b", "gpt-oss:120b", "llama3.2:3b"]
+VLLM = ["microsoft/Phi-4-mini-instruct", "openai/gpt-oss-20b"]
+
+
+@pytest.mark.parametrize("served, gpu, small, large", [
+    (FOUNDRY, False, "Phi-4-mini-instruct-generic-cpu:5", "gpt-oss-20b-generic-cpu:1"),
+    (FOUNDRY, True, "Phi-4-mini-instruct-cuda-gpu:5", "gpt-oss-20b-cuda-gpu:1"),
+    (FOUNDRY_OLD, False, "Phi-4-mini-instruct-generic-cpu", "gpt-oss-20b-generic-cpu"),
+    (OLLAMA, False, "phi4-mini:latest", "gpt-oss:20b"),
+    (VLLM, False, "microsoft/Phi-4-mini-instruct", "openai/gpt-oss-20b"),
+])
+def test_default_aliases_find_each_servers_own_name(served, gpu, small, large):
+    assert resolve_alias("phi-4-mini", served, prefer_gpu=gpu) == small
+    assert resolve_alias("gpt-oss-20b", served, prefer_gpu=gpu) == large
+
+
+@pytest.mark.parametrize("alias, served, expected", [
+    ("gpt-oss:20b", ["gpt-oss-20b-generic-cpu:1"], "gpt-oss-20b-generic-cpu:1"),  # Ollama's name on Foundry
+    ("phi4-mini", VLLM, "microsoft/Phi-4-mini-instruct"),
+    ("microsoft/Phi-4-mini-instruct", FOUNDRY_OLD, "Phi-4-mini-instruct-generic-cpu"),
+    ("openai/gpt-oss-20b", OLLAMA, "gpt-oss:20b"),
+    ("phi-4-mini", ["phi4-mini:3.8b"], "phi4-mini:3.8b"),  # a size tag where the alias has none
+    ("phi-4-mini", ["Phi-4-mini-instruct-Q4_K_M.gguf"], "Phi-4-mini-instruct-Q4_K_M.gguf"),  # llama.cpp file name
+    ("gpt-oss-20b", ["gpt-oss:120b", "gpt-oss:20b"], "gpt-oss:20b"),  # 20b is not 120b
+    ("phi-4-mini", ["Phi-4-mini-reasoning-generic-cpu:3", "Phi-4-mini-instruct-generic-cpu:5"],
+     "Phi-4-mini-instruct-generic-cpu:5"),  # the same name beats a longer one that starts with it
+])
+def test_punctuation_vendor_tag_and_suffix_variants(alias, served, expected):
+    assert resolve_alias(alias, served, prefer_gpu=False) == expected
+
+
+def test_an_exact_id_wins_over_a_better_variant():
+    assert resolve_alias("Phi-4-mini-instruct-cuda-gpu:5", FOUNDRY, prefer_gpu=False) == "Phi-4-mini-instruct-cuda-gpu:5"
+    assert explain_alias("gpt-oss:20b", OLLAMA).how == "exact"
+
+
+def test_the_choice_among_variants_is_explained():
+    cpu = explain_alias("phi-4-mini", FOUNDRY, prefer_gpu=False)
+    assert cpu.model == "Phi-4-mini-instruct-generic-cpu:5" and cpu.how == "same name"
+    assert "Phi-4-mini-instruct-cuda-gpu:5" in cpu.note and "no GPU" in cpu.note
+    assert "phi-4-mini" in cpu.describe() and "CPU variant" in cpu.describe()
+    gpu = explain_alias("gpt-oss-20b", FOUNDRY, prefer_gpu=True)
+    assert gpu.model == "gpt-oss-20b-cuda-gpu:1" and "GPU is present" in gpu.note
+    newest = explain_alias("phi-4-mini", ["Phi-4-mini-instruct-generic-cpu:4", "Phi-4-mini-instruct-generic-cpu:5"])
+    assert newest.model == "Phi-4-mini-instruct-generic-cpu:5" and "newest version (:5)" in newest.note
+    single = explain_alias("gpt-oss-20b", OLLAMA)
+    assert single.model == "gpt-oss:20b" and single.note == "" and "same name" in single.describe()
+
+
+def test_model_names_taken_apart():
+    name = ModelName.parse("microsoft/Phi-4-mini-instruct-generic-cpu:5")
+    assert (name.key, name.tag, name.version, name.device) == ("phi4mini", "", 5, "cpu")
+    name = ModelName.parse("gpt-oss:20b")
+    assert (name.key, name.tag, name.full_key) == ("gptoss", "20b", "gptoss20b")
+    assert ModelName.parse("gpt-oss-20b-cuda-gpu:1").device == "gpu"
+    assert ModelName.parse("phi4-mini:latest").full_key == "phi4mini"
+
+
+async def test_the_client_keeps_how_each_alias_resolved():
+    with FakeOpenAIServer(FOUNDRY) as fake:
+        client = ModelClient(fake.base_url)
+        try:
+            model = await client.resolve("phi-4-mini")
+        finally:
+            await client.close()
+    assert client.resolutions["phi-4-mini"].model == model
+    assert len(client.resolutions["phi-4-mini"].candidates) == 2

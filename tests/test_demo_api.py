@@ -232,3 +232,20 @@ def test_aborting_the_stream_cancels_the_upstream_request(fake, base_url):
     assert record.client_disconnected and not record.completed
     assert record.tokens_sent < total_tokens // 4
     assert record.ended - aborted_at < 0.5
+
+
+def test_a_reasoning_models_thinking_streams_as_its_own_events(fake, base_url):
+    fake.script(LARGE_ID, Script(reasoning=["Sky", " colour", " question."], reasoning_tokens_in_usage=True,
+                                 tokens=["Blue", "."], logprobs_null=True))
+    _, events = stream_events(base_url, role="large", max_tokens=700)
+    names = [name for name, _ in events]
+    assert names == ["sources", "prompt", "started", "thinking", "thinking", "thinking", "thought", "token", "token",
+                     "done"]
+    assert "".join(d["text"] for n, d in events if n == "thinking") == "Sky colour question."
+    assert "".join(d["text"] for n, d in events if n == "token") == "Blue."
+    thought = dict(events)["thought"]
+    assert thought["answered"] is True and thought["seconds"] >= 0
+    server = events[-1][1]["server"]
+    assert server["reasoning_tokens"] == 3 and server["reasoning_estimated"] is False
+    assert server["first_answer_ms"] >= server["ttft_ms"]
+    assert fake.requests[-1].body["max_tokens"] == 700  # the page's limit is the large model's budget

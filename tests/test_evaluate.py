@@ -194,3 +194,35 @@ def test_judge_model_grades_answers(workspace, monkeypatch, capsys):
     assert QUESTIONS[0]["reference_answer"] in judge_prompt and LARGE_ANSWERS[0] in judge_prompt
     result = json.loads(out.read_text())["results"]["small"][0]
     assert result["judge"] == 4 and result["score"] == pytest.approx(0.75)
+
+
+def test_without_logprobs_the_report_counts_the_grounding_signals(workspace, monkeypatch, capsys):
+    """Foundry Local returns null logprobs: the grounding signals decide, and the report says how often each fired."""
+    def null_logprobs(text: str) -> Script:
+        parts = text.split(" ")
+        return Script(tokens=[parts[0]] + [" " + p for p in parts[1:]], logprobs_null=True)
+
+    small_answers = [
+        "Employees receive a generous amount of paid time off every year, as the handbook explains.",  # cites none
+        "Receipts are required for any expense above 20 euros [1].",  # grounded
+        "The documents do not cover this question.",  # unsupported question: a decline is right
+    ]
+    with FakeOpenAIServer() as fake:
+        monkeypatch.setenv("ASSISTANT_MODEL_ENDPOINT", fake.base_url)
+        fake.script(SMALL, *[null_logprobs(t) for t in small_answers])
+        fake.script(LARGE, null_logprobs(LARGE_ANSWERS[0]))
+        out = workspace / "report.json"
+        code = main([str(workspace / "questions.jsonl"), "--modes", "automatic", "--json", str(out)])
+        printed = capsys.readouterr()
+        assert code == 0, printed.err
+        assert all(r.body["logprobs"] for r in fake.requests_for(SMALL))  # asked for, and null came back
+
+    report = json.loads(out.read_text())
+    results = report["results"]["automatic"]
+    assert [r["escalated"] for r in results] == [True, False, False]
+    assert "no logprobs" in results[0]["escalation_reason"] and "cites none" in results[0]["escalation_reason"]
+    assert [r["signals"] for r in results] == [["no citation"], [], []]
+    summary = report["summaries"]["automatic"]
+    assert summary["signals"] == {"no citation": 1, "unknown citation": 0, "low overlap": 0}
+    assert summary["signals_decided"] == 2  # the decline does not count: it was judged as a decline
+    assert "grounding signals on the small answers (automatic): no citation 1/3" in printed.out

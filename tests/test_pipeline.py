@@ -8,6 +8,7 @@ import pytest
 
 from assistant.events import AnswerStarted, Escalated, Notice, PromptBuilt, SourcesFound, Token, TurnFinished
 from assistant.pipeline import REFINE_INSTRUCTION, Pipeline
+from assistant.record import TurnRecord
 from assistant.settings import RoutingMode, Settings
 from rag.prompt import NO_SOURCES_NOTE, REFERENCE_SOURCE
 from rag.types import Chunk, ScoredChunk
@@ -93,9 +94,9 @@ def of(events, kind):
     return [e for e in events if isinstance(e, kind)]
 
 
-def finished(events) -> TurnFinished:
+def finished(events) -> TurnRecord:
     assert isinstance(events[-1], TurnFinished)
-    return events[-1]
+    return events[-1].record
 
 
 def kinds(events):
@@ -133,7 +134,7 @@ async def test_confident_long_answer_stays_with_the_small_model(fake):
     assert end.metrics.escalation_reason is None
     assert [leg.outcome for leg in end.metrics.legs] == ["answered"]
     assert end.cited == [1]
-    assert [s.chunk.source for s in end.sources_used][0] == "handbook.md"
+    assert [s.chunk.source for s in end.sources][0] == "handbook.md"
     assert not fake.requests_for(LARGE)
 
 
@@ -298,7 +299,7 @@ async def test_draft_then_refine_sends_the_draft_to_the_large_model(fake):
 
     escalated = of(events, Escalated)[0]
     assert escalated.reason == f"draft {len(draft)} chars >= 200" and not escalated.early
-    assert [(s.role, s.purpose) for s in of(events, AnswerStarted)] == [("small", "answer"), ("large", "refine")]
+    assert [(s.role, s.purpose) for s in of(events, AnswerStarted)] == [("small", "draft"), ("large", "refine")]
     refine_messages = fake.requests_for(LARGE)[0].body["messages"]
     assert refine_messages[-2] == {"role": "assistant", "content": draft}
     assert refine_messages[-1] == {"role": "user", "content": REFINE_INSTRUCTION}
@@ -387,7 +388,7 @@ async def test_no_supporting_source_is_reported_and_the_prompt_says_so(fake):
     found = of(events, SourcesFound)[0]
     assert not found.supported
     end = finished(events)
-    assert not end.supported and end.sources_found == 0 and end.sources_used == []
+    assert not end.supported and end.sources_found == 0 and end.sources == []
     assert NO_SOURCES_NOTE in fake.requests_for(SMALL)[0].body["messages"][-1]["content"]
     # The decline is the right answer here: no escalation.
     assert not of(events, Escalated) and end.answered_by == SMALL
@@ -425,7 +426,7 @@ async def test_reference_text_becomes_the_sources(fake):
     events = await collect(make_pipeline(fake, retriever=knowledge), question="When is the launch?", reference_text=reference)
     assert knowledge.queries == []  # a reference text replaces retrieval unless retrieve=True
     end = finished(events)
-    assert [s.chunk.source for s in end.sources_used] == [REFERENCE_SOURCE]
+    assert [s.chunk.source for s in end.sources] == [REFERENCE_SOURCE]
     assert end.supported
     assert reference in fake.requests_for(SMALL)[0].body["messages"][-1]["content"]
 
@@ -456,3 +457,139 @@ async def test_usage_is_estimated_when_the_server_sends_none(fake):
     end = finished(await collect(make_pipeline(fake)))
     leg = end.metrics.legs[0]
     assert leg.tokens_estimated and leg.completion_tokens > 10 and leg.prompt_tokens > 50
+
+
+# ------------------------------------------------------------------------------------ the turn's record
+
+BOTH = "How many vacation days are there, and are receipts required for expenses?"
+
+
+def number_of(record, source: str) -> int:
+    return next(n for n, s in enumerate(record.sources, start=1) if s.chunk.source == source)
+
+
+async def test_record_links_citations_attributes_uncited_sentences_and_lists_dangling_ones(fake):
+    pipeline = make_pipeline(fake)
+    # The sources' order comes from retrieval: find the numbers first with a throwaway turn.
+    fake.script(SMALL, answer(LONG_SMALL))
+    probe = finished(await collect(pipeline, question=BOTH))
+    vacation, expenses = number_of(probe, "handbook.md"), number_of(probe, "expenses.md")
+    text = (
+        f"Every employee gets 25 days of paid vacation per year. "
+        f"Receipts are required for any expense above 20 euros [{expenses}]. In [2024] this was new [7]."
+    )
+    fake.script(SMALL, answer(text))
+    record = finished(await collect(make_pipeline(fake), question=BOTH))
+
+    assert record.text == text
+    assert record.cited == [expenses] and record.attributed == [vacation] and record.dangling == [7]
+    assert [(n, s.chunk.source, by) for n, s, by in record.cited_sources()] == [
+        (expenses, "expenses.md", "model"), (vacation, "handbook.md", "app"),
+    ]
+    assert record.display_text().startswith(f"Every employee gets 25 days of paid vacation per year. [{vacation}]†")
+    # History keeps the source names, not this turn's numbers (the next prompt numbers its own sources).
+    history = record.history_text()
+    assert f"[{expenses}]" not in history and "[7]" not in history and "(expenses.md)" in history
+    assert "In [2024] this was new." in history  # a year is not a citation
+    data = record.to_dict()
+    assert data["attributed"] == [vacation] and data["dangling"] == [7]
+    assert {c["by"] for c in data["citations"]} == {"model", "app"}
+
+
+async def test_the_routing_decision_is_an_object_with_signals_values_and_thresholds(fake):
+    fake.script(SMALL, answer("25 days [1]."))
+    fake.script(LARGE, answer(LONG_LARGE))
+    record = finished(await collect(make_pipeline(fake)))
+    decision = record.routing
+    assert decision.action == "escalated" and decision.reason == "answer 12 chars < 40" and not decision.early
+    assert decision.legs == [("small", "answer"), ("large", "answer")]
+    length = next(s for s in decision.signals if s.name == "length")
+    assert (length.value, length.threshold, length.fired) == (12, 40, True)
+    confidence = next(s for s in decision.signals if s.name == "confidence")
+    assert confidence.value == pytest.approx(0.95) and confidence.threshold == 0.30 and not confidence.fired
+    assert [s.name for s in decision.fired] == ["length"]
+    assert record.answered_role == "large" and record.answered_alias == "gpt-oss-20b"
+    assert "Escalated to the large model: answer 12 chars < 40" in decision.describe()
+
+
+async def test_an_early_stop_is_recorded_with_the_signal_that_fired(fake):
+    refusal = words("I'm sorry, but I cannot help with that. " + "More filler words follow here. " * 40)
+    fake.script(SMALL, Script(tokens=refusal, logprobs=[SURE] * len(refusal), token_delay=0.01))
+    fake.script(LARGE, answer(LONG_LARGE))
+    record = finished(await collect(make_pipeline(fake)))
+    assert record.routing.action == "escalated early" and record.routing.early
+    assert record.routing.signals[0].name == "early decline" and record.routing.signals[0].fired
+
+
+async def test_metrics_summary_comes_from_the_answering_leg_not_the_last_one(fake):
+    fake.script(SMALL, answer("25 days [1]."))
+    large_tokens = words(LONG_LARGE)
+    fake.script(LARGE, Script(tokens=large_tokens, logprobs=[SURE] * 30, token_delay=0.05, drop_after=5))
+    record = finished(await collect(make_pipeline(fake)))
+
+    assert record.text == "25 days [1]." and record.answered_role == "small"
+    assert record.routing.action == "kept small answer"
+    small_leg, large_leg = record.metrics.legs
+    assert large_leg.outcome == "failed" and large_leg.decode_tokens_per_s is not None
+    summary = record.summary
+    assert summary.answered_role == "small" and summary.calls == 2
+    assert summary.decode_tokens_per_s == small_leg.decode_tokens_per_s != large_leg.decode_tokens_per_s
+    assert summary.model_ttft_ms == small_leg.ttft_ms
+    assert summary.completion_tokens == small_leg.completion_tokens + large_leg.completion_tokens
+
+
+async def test_draft_then_refine_lets_the_draft_finish_and_refines_it_from_the_same_sources(fake):
+    # An unsure draft that opens with a refusal would be cut at once in automatic mode; here it runs to its end.
+    draft = "I'm not sure, but every employee gets 25 days of paid vacation per year [1]. " * 2
+    tokens = words(draft.strip())
+    fake.script(SMALL, Script(tokens=tokens, logprobs=[math.log(0.05)] * len(tokens)))
+    fake.script(LARGE, answer(LONG_LARGE))
+    options = RoutingOptions(mode=RoutingMode.DRAFT_THEN_REFINE, refine_min_chars=600, early_check_tokens=4)
+    events = await collect(make_pipeline(fake), options=options)
+
+    small_request, large_request = fake.requests_for(SMALL)[0], fake.requests_for(LARGE)[0]
+    assert small_request.completed and small_request.tokens_sent == len(tokens)
+    assert large_request.body["messages"][:-2] == small_request.body["messages"]  # same numbered sources
+    assert of(events, Escalated)[0].purpose == "refine" and not of(events, Escalated)[0].early
+    record = finished(events)
+    assert record.text == LONG_LARGE and record.answered_role == "large"
+    decision = record.routing
+    assert decision.action == "refined" and decision.legs == [("small", "draft"), ("large", "refine")]
+    assert decision.refine.refined and decision.refine.draft == draft.strip()
+    assert decision.refine.words_added > 0 and decision.refine.words_removed > 0
+    assert decision.describe().startswith("Draft → refined (declined; ")
+    assert [leg.outcome for leg in record.metrics.legs] == ["drafted", "answered"]
+
+
+async def test_draft_then_refine_says_why_the_draft_was_kept(fake):
+    fake.script(SMALL, answer(LONG_SMALL))
+    options = RoutingOptions(mode=RoutingMode.DRAFT_THEN_REFINE, refine_min_chars=600)
+    record = finished(await collect(make_pipeline(fake), options=options))
+    assert record.routing.action == "draft kept" and not record.routing.refine.refined
+    assert record.routing.describe() == (
+        f"Draft kept: draft {len(LONG_SMALL)} chars < 600 and no check flagged it."
+    )
+
+
+async def test_draft_then_refine_keeps_the_draft_when_the_large_model_fails(fake):
+    draft = LONG_SMALL * 3
+    fake.script(SMALL, answer(draft))
+    fake.script(LARGE, Script(status=503, error_message="model is loading"))
+    options = RoutingOptions(mode=RoutingMode.DRAFT_THEN_REFINE, refine_min_chars=200)
+    events = await collect(make_pipeline(fake), options=options)
+    record = finished(events)
+    assert record.text == draft and record.answered_role == "small"
+    assert record.routing.action == "draft kept" and "refining failed" in record.routing.refine.reason
+    assert "so the draft is kept" in of(events, Notice)[0].message
+
+
+async def test_draft_then_refine_keeps_the_draft_when_no_room_is_left_to_refine_it(fake):
+    draft = " ".join(f"word{i}" for i in range(300))
+    fake.script(SMALL, answer(draft))
+    options = RoutingOptions(mode=RoutingMode.DRAFT_THEN_REFINE, refine_min_chars=100, max_tokens=200)
+    events = await collect(make_pipeline(fake, context_window=512), options=options)
+    record = finished(events)
+    assert not fake.requests_for(LARGE) and not of(events, Escalated)
+    assert record.text == draft and record.routing.action == "draft kept"
+    assert record.routing.legs == [("small", "draft")]
+    assert record.routing.describe() == "Draft kept: no room left in the context window for a refined answer."

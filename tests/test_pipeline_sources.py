@@ -80,7 +80,11 @@ async def test_no_escalation_to_the_same_model_but_the_reason_is_said(fake, tmp_
     notice = next(e for e in events if isinstance(e, Notice))
     assert notice.level == "info" and "Not escalated (answer" in notice.message and SMALL in notice.message
     assert len(fake.requests) - before == 1
-    assert events[-1].answered_by == SMALL and isinstance(events[-1], TurnFinished)
+    assert isinstance(events[-1], TurnFinished)
+    record = events[-1].record
+    assert record.answered_by == SMALL
+    assert record.routing.action == "not escalated" and record.routing.reason == "answer 3 chars < 40"
+    assert [s.name for s in record.routing.fired] == ["length", "no citation"]  # no citation: not deciding
 
 
 @pytest.mark.parametrize(

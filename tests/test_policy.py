@@ -5,6 +5,8 @@ import pytest
 from assistant.settings import RoutingMode, Settings
 from rag.types import Chunk, ScoredChunk
 from routing.policy import (
+    grounded_share,
+    grounding_signals,
     EarlyMonitor,
     RoutingOptions,
     assess,
@@ -224,3 +226,41 @@ def test_early_monitor_keeps_a_confident_answer_and_a_late_disclaimer():
 def test_early_monitor_without_logprobs_only_checks_declines():
     monitor = EarlyMonitor(RoutingOptions(early_check_tokens=1))
     assert all(monitor.feed(w + " ", None) is None for w in LONG_ANSWER.split())
+
+
+# ----------------------------------------------------------------------------------------- grounding
+
+HANDBOOK = ScoredChunk(Chunk(id="h.md#0", text="Every employee gets 25 days of paid vacation per year; up to 5 unused "
+                             "days carry over.", source="h.md", title="Vacation", position=0), 3.0)
+EXPENSES = ScoredChunk(Chunk(id="e.md#0", text="Receipts are required for any expense above 20 euros.",
+                             source="e.md", title="Expenses", position=0), 2.0)
+
+
+def test_grounding_signals_each_fire_on_their_own():
+    sources = [HANDBOOK, EXPENSES]
+    assert grounding_signals(LONG_ANSWER, sources, supported=True) == {}
+    uncited = grounding_signals("Employees get plenty of paid vacation every year.", sources, supported=True)
+    assert list(uncited) == ["no citation"] and "none of the 2 sources" in uncited["no citation"]
+    unknown = grounding_signals("Employees get 25 days of paid vacation [3].", sources, supported=True)
+    assert list(unknown) == ["unknown citation"] and "[3]" in unknown["unknown citation"]
+    off_topic = grounding_signals("Quarterly revenue targets depend on regional marketing budgets [2].", sources,
+                                  supported=True)
+    assert list(off_topic) == ["low overlap"] and "0%" in off_topic["low overlap"]
+    # Without supporting sources an uncited answer is expected.
+    assert grounding_signals("Employees get plenty of paid vacation every year.", sources, supported=False) == {}
+
+
+def test_without_logprobs_the_grounding_signals_decide_and_the_reason_says_so():
+    options = RoutingOptions()
+    uncited = "Employees get plenty of paid vacation every single year, more than most companies offer."
+    verdict = assess(uncited, None, [HANDBOOK], options)
+    assert verdict.escalate and verdict.grounding_decided
+    assert verdict.reason == "no logprobs, so checked against its sources: cites none of the 1 sources given"
+    # With logprobs present the same answer is judged by its confidence; the signal is still recorded.
+    sure = assess(uncited, logprobs_for([0.99] * 20), [HANDBOOK], options)
+    assert not sure.escalate and not sure.grounding_decided and list(sure.grounding) == ["no citation"]
+
+
+def test_grounded_share_uses_content_words():
+    assert grounded_share("Paid vacation days per employee.", ["Every employee gets 25 days of paid vacation."]) == 1.0
+    assert grounded_share("Too short.", ["anything"]) is None

@@ -76,3 +76,15 @@ def test_app_environment_on_the_embedded_model_names_its_server_and_model_and_re
     assert env["ASSISTANT_SMALL_MODEL"] == env["ASSISTANT_LARGE_MODEL"] == "SmolLM2-135M-Instruct"
     assert env["ASSISTANT_TOP_K"] == "3"
     assert app_environment(settings, {"ASSISTANT_TOP_K": "8"})["ASSISTANT_TOP_K"] == "8"  # the user's choice wins
+
+
+def test_reasoning_effort_and_large_budget(monkeypatch):
+    settings = load_settings()
+    assert (settings.reasoning_effort, settings.large_max_tokens) == ("low", 2048)
+    monkeypatch.setenv("ASSISTANT_REASONING_EFFORT", " High ")
+    monkeypatch.setenv("ASSISTANT_LARGE_MAX_TOKENS", "4096")
+    settings = load_settings()
+    assert (settings.reasoning_effort, settings.large_max_tokens) == ("high", 4096)
+    monkeypatch.setenv("ASSISTANT_REASONING_EFFORT", "extreme")
+    with pytest.raises(SettingsError, match="ASSISTANT_REASONING_EFFORT: .*low, medium, high or empty"):
+        load_settings()

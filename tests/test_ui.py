@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 from rag.types import Chunk, ScoredChunk
-from routing.metrics import LegMetrics, TurnMetrics
 import ui
 
 ROUTING = Chunk(id="routing.md#2", text="The router escalates weak answers to the large model.", source="routing.md",
@@ -15,23 +14,6 @@ MANUAL = Chunk(id="manual.pdf#7", text="Escalation happens when confidence is lo
 OVERVIEW = Chunk(id="overview.md#0", text="Quillfeather answers from documents.", source="overview.md",
                  title="overview", position=0)
 USED = [ScoredChunk(ROUTING, 5.123), ScoredChunk(MANUAL, 2.5), ScoredChunk(OVERVIEW, 1.2)]
-
-
-def test_cited_sources_are_listed_in_citation_order_with_file_page_section_and_excerpt():
-    views = ui.source_views(USED, cited=[2, 1, 9], question="When does the router escalate?")
-    assert [v.number for v in views] == [2, 1]  # [9] names no source: not listed
-    manual, routing = views
-    assert manual.location == "manual.pdf, page 4" and manual.label == "manual.pdf, page 4"
-    assert routing.label == "routing.md — Early escalation"  # the section when it says more than the file
-    assert routing.excerpt == ROUTING.text and routing.score == 5.12
-    assert {v.cited_by for v in views} == {ui.CITED_BY_MODEL}
-
-
-def test_when_the_answer_cites_nothing_every_source_given_is_listed_as_not_cited():
-    views = ui.source_views(USED, cited=[], question="anything")
-    assert [v.number for v in views] == [1, 2, 3]
-    assert {v.cited_by for v in views} == {ui.CITED_BY_APP}
-    assert ui.source_views([], cited=[1], question="x") == []
 
 
 def test_the_question_words_are_highlighted_in_the_excerpt_by_their_search_terms():
@@ -51,20 +33,10 @@ def test_citations_become_links_to_their_source_and_unknown_numbers_stay_text():
     assert linked.endswith("Also [7].")
 
 
-def test_render_sources_links_the_cited_numbers_and_lists_the_sources_for_the_element():
-    from assistant.events import TurnFinished
-
-    finished = TurnFinished(text="It escalates [1].", answered_by="m", metrics=TurnMetrics(), cited=[1],
-                            sources_used=USED)
-    text, views = ui.render_sources(finished, "escalate", anchor="abc")
-    assert text == "It escalates \\[[1](#source-abc-1)\\]."
-    assert ui.sources_line(views).startswith("Cited sources: [1] routing.md")
-    props = ui.sources_props(views, "abc")
-    assert props["anchor"] == "abc" and [s["number"] for s in props["sources"]] == [1]
-    assert props["sources"][0]["segments"][1] == ["escalates", True]
-    uncited = TurnFinished(text="It escalates.", answered_by="m", metrics=TurnMetrics(), sources_used=USED)
-    text, views = ui.render_sources(uncited, "escalate", anchor="abc")
-    assert text == "It escalates." and len(views) == 3
+def test_a_source_is_labelled_with_its_file_page_and_section():
+    assert ui.source_label(USED[0]) == "routing.md — Early escalation"  # the section when it says more
+    assert ui.source_label(USED[1]) == "manual.pdf, page 4"
+    assert ui.source_label(USED[2]) == "overview.md"
 
 
 def test_routing_labels_stay_distinct_when_one_model_serves_both_roles():
@@ -74,17 +46,6 @@ def test_routing_labels_stay_distinct_when_one_model_serves_both_roles():
     assert "both" in ui.mode_description("a", "a") and "both" not in ui.mode_description("a", "b")
     two = ui.mode_labels("phi", "gpt")
     assert "phi" in two["small"] and "gpt" in two["large"] and len(set(two.values())) == 4
-
-
-def test_metrics_props_name_the_role_that_answered():
-    def leg(role, model, outcome):
-        return LegMetrics(role=role, alias=role, model=model, outcome=outcome, ttft_ms=1, generation_ms=1,
-                          total_ms=2, prompt_tokens=1, completion_tokens=1, tokens_estimated=False,
-                          decode_tokens_per_s=10, cost_usd=0)
-
-    metrics = TurnMetrics(answered_by="big", legs=[leg("small", "tiny", "escalated"), leg("large", "big", "answered")])
-    assert ui.metrics_props(metrics, 0.0)["answered_role"] == "large"
-    assert ui.metrics_props(TurnMetrics(), 0.0)["answered_role"] is None
 
 
 def test_the_latency_chart_has_no_white_boxes():

@@ -42,10 +42,22 @@ export default function MetricsBar() {
           <Badge variant="destructive" data-testid="metrics-escalation">escalated: {props.escalation_reason}</Badge>
         ) : null}
         <Badge variant="outline" data-testid="metrics-ttft">TTFT {ms(props.ttft_ms)}</Badge>
+        {props.thinking_ms !== null && props.thinking_ms !== undefined ? (
+          <>
+            <Badge variant="outline" data-testid="metrics-thinking">
+              thinking {ms(props.thinking_ms)} · {tokens(props.reasoning_tokens, props.reasoning_estimated)} tok
+            </Badge>
+            <Badge variant="outline" data-testid="metrics-first-answer">first answer token {ms(props.first_answer_ms)}</Badge>
+          </>
+        ) : null}
+        {props.truncated ? (
+          <Badge variant="destructive" data-testid="metrics-truncated">cut by its token budget</Badge>
+        ) : null}
         <Badge variant="outline">total {ms(props.total_ms)}</Badge>
         <Badge variant="outline" data-testid="metrics-rate">{rate ? `${rate.toFixed(1)} tok/s` : "tok/s –"}</Badge>
         <Badge variant="outline" data-testid="metrics-tokens">
           {tokens(props.prompt_tokens, props.tokens_estimated)} in / {tokens(props.completion_tokens, props.tokens_estimated)} out
+          {props.reasoning_tokens ? ` (${tokens(props.answer_tokens, props.tokens_estimated)} answer)` : ""}
         </Badge>
         <Badge variant="secondary" data-testid="metrics-cost">cloud {usd(props.cost_usd)}</Badge>
         {legs.length ? (
@@ -72,9 +84,16 @@ export default function MetricsBar() {
               {ms(leg.total_ms)} · {tokens(leg.prompt_tokens, leg.tokens_estimated)}/
               {tokens(leg.completion_tokens, leg.tokens_estimated)} tok ·{" "}
               {leg.decode_tokens_per_s ? `${leg.decode_tokens_per_s.toFixed(1)} tok/s` : "tok/s –"} · {usd(leg.cost_usd)}
+              {leg.thinking_ms !== null && leg.thinking_ms !== undefined
+                ? ` · thinking ${ms(leg.thinking_ms)}, ${tokens(leg.reasoning_tokens, leg.reasoning_estimated)} tok · first answer token ${ms(leg.answer_ttft_ms)} · ${tokens(leg.answer_tokens, leg.tokens_estimated)} answer tok`
+                : ""}
+              {leg.truncated ? " · cut by its token budget" : ""}
             </div>
           ))}
           {props.tokens_estimated ? <div>~ token counts estimated with tiktoken (the server sent no usage)</div> : null}
+          {props.reasoning_estimated ? (
+            <div>~ thinking tokens estimated with tiktoken (the server did not count them separately)</div>
+          ) : null}
         </div>
       ) : null}
     </div>

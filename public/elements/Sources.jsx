@@ -76,12 +76,17 @@ export default function Sources() {
   }, [anchor]);
 
   if (!sources.length) return null;
-  const cited = sources[0].cited_by === "model";
+  const given = sources[0].cited_by === "given";
+  const mark = data.app_mark || "†";
+  const dangling = data.dangling || [];
   return (
     <div className="flex flex-col gap-1 text-sm" data-testid="sources">
       <div className="text-xs text-muted-foreground">
-        {cited ? "Sources cited in this answer" : "Sources given to the model (the answer cites none)"} — click one
+        {given ? "Sources given to the model (the answer cites none)" : "Sources cited in this answer"} — click one
         to read the passage
+        {sources.some((s) => s.cited_by === "app")
+          ? ` · ${mark}: the model did not cite it; the app found the sentence's words in it`
+          : ""}
       </div>
       {sources.map((source) => {
         const isOpen = open === source.number;
@@ -106,8 +111,9 @@ export default function Sources() {
                 {source.label}
               </span>
               <Badge variant="outline">score {Number(source.score).toFixed(2)}</Badge>
-              <Badge variant={source.cited_by === "model" ? "secondary" : "outline"}>
-                {source.cited_by === "model" ? "cited" : "not cited"}
+              <Badge variant={source.cited_by === "given" ? "outline" : "secondary"} data-testid="source-cited-by">
+                {{ model: "cited", app: `attributed by the app ${mark}`, given: "not cited" }[source.cited_by] ||
+                  source.cited_by}
               </Badge>
               <span className="text-xs text-muted-foreground">{isOpen ? "▲" : "▼"}</span>
             </button>
@@ -120,6 +126,11 @@ export default function Sources() {
           </div>
         );
       })}
+      {dangling.length ? (
+        <div className="text-xs text-muted-foreground" data-testid="sources-dangling">
+          Citations that point at no source: {dangling.map((n) => `[${n}]`).join(", ")}
+        </div>
+      ) : null}
     </div>
   );
 }

@@ -3,112 +3,20 @@ and Debian's chromium driven by Playwright."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
+import json
+import re
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
-import httpx
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from assistant.embedded import EmbeddedModelServer, default_model_path, free_port, stop_process
-
-PROJECT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-
-
-@dataclass
-class AppServer:
-    root: Path
-    model_endpoint: str
-    small_model: str
-    large_model: str
-    extra_env: dict = field(default_factory=dict)
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def knowledge_dir(self) -> Path:
-        return self.root / "knowledge"
-
-    @property
-    def data_dir(self) -> Path:
-        return self.root / "data"
-
-    def env(self) -> dict:
-        env = os.environ.copy()
-        for name in list(env):
-            if name.startswith("ASSISTANT_") or name in ("FOUNDRY_LOCAL_ENDPOINT", "DATABASE_URL"):
-                env.pop(name)
-        env.update(
-            CHAINLIT_APP_ROOT=str(self.root),
-            ASSISTANT_MODEL_ENDPOINT=self.model_endpoint,
-            ASSISTANT_SMALL_MODEL=self.small_model,
-            ASSISTANT_LARGE_MODEL=self.large_model,
-            ASSISTANT_KNOWLEDGE_DIR=str(self.knowledge_dir),
-            ASSISTANT_DATA_DIR=str(self.data_dir),
-            ASSISTANT_CACHE_DIR=str(self.root / "cache"),
-            ASSISTANT_MAX_TOKENS="96",
-            ASSISTANT_TEMPERATURE="0",
-            PYTHONUNBUFFERED="1",
-        )
-        env.update(self.extra_env)
-        return env
-
-    def start(self, timeout_s: float = 60) -> "AppServer":
-        log = open(self.root / "chainlit.log", "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "chainlit", "run", str(PROJECT / "app.py"), "--headless",
-             "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=self.root, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"Chainlit exited: {(self.root / 'chainlit.log').read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("Chainlit did not become healthy in time")
-
-    def stop(self) -> None:
-        stop_process(self.process)
-
-    def restart(self) -> "AppServer":
-        self.stop()
-        return self.start()
-
-    def log_tail(self, chars: int = 4000) -> str:
-        return (self.root / "chainlit.log").read_text(errors="replace")[-chars:]
-
-
-def make_app_root(root: Path) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / ".chainlit").mkdir(exist_ok=True)
-    shutil.copy(PROJECT / ".chainlit" / "config.toml", root / ".chainlit" / "config.toml")
-    shutil.copytree(PROJECT / "public", root / "public", dirs_exist_ok=True)
-    shutil.copy(PROJECT / "chainlit.md", root / "chainlit.md")
-    shutil.copytree(PROJECT / "knowledge", root / "knowledge", dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("uploads"))
-    return root
+from assistant.embedded import EmbeddedModelServer, default_model_path
+from benchmarks.harness import ASSISTANT, CHROMIUM, CHROMIUM_ARGS, PROJECT, USER_MESSAGE, AppServer, make_app_root
 
 
 @pytest.fixture(scope="session")
+
+
 def embedded_model(tmp_path_factory):
     server = EmbeddedModelServer(default_model_path(), log_path=tmp_path_factory.mktemp("llama") / "llama.log")
     server.start()
@@ -117,6 +25,8 @@ def embedded_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+
+
 def app_server(embedded_model, tmp_path_factory):
     root = make_app_root(tmp_path_factory.mktemp("app-root"))
     server = AppServer(root, embedded_model.base_url, embedded_model.small_name, embedded_model.large_name)
@@ -126,6 +36,8 @@ def app_server(embedded_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+
+
 def browser():
     from playwright.sync_api import sync_playwright
 
@@ -136,62 +48,142 @@ def browser():
 
 
 @pytest.fixture
+
+
 def page(browser):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.set_default_timeout(30_000)
+    watch(page)
     yield page
     context.close()
+    socket_events.pop(id(page), None)
+    turn_started_at.pop(id(page), None)
+
+
+class SocketEvents:
+    """Chainlit's own socket events as the page receives them (the app talks websocket only).
+
+    The browser tests wait on these signals (``task_start`` / ``task_end`` of each turn, the welcome's
+    ``new_message``), never on text growing or on sleeps.
+    """
+
+    FRAME = re.compile(r"^42(?:/[^,]*,)?\d*(\[.*)$", re.S)
+
+    def __init__(self, page):
+        self.page = page
+        self.names: list[str] = []
+        self.running = False
+        page.on("websocket", self._attach)
+
+    def _attach(self, socket) -> None:
+        if "/ws/socket.io" in socket.url:
+            socket.on("framereceived", self._frame)
+
+    def _frame(self, payload) -> None:
+        match = self.FRAME.match(payload) if isinstance(payload, str) else None
+        if not match:
+            return
+        try:
+            name = json.loads(match.group(1))[0]
+        except (ValueError, IndexError, TypeError):
+            return
+        self.names.append(name)
+        if name == "task_start":
+            self.running = True
+        elif name == "task_end":
+            self.running = False
+
+    def count(self, name: str) -> int:
+        return self.names.count(name)
+
+    def wait(self, condition, timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}; socket events: "
+                                     f"{self.names[-12:]}; page: {self.page.locator('body').inner_text()[-1500:]}")
+            self.page.wait_for_timeout(50)  # lets Playwright deliver the frames
+
+socket_events: dict[int, SocketEvents] = {}  # id(page) -> its watcher
+turn_started_at: dict[int, int] = {}  # id(page) -> index in its events of the last question's task_start
+
+
+def watch(page) -> SocketEvents:
+    if id(page) not in socket_events:
+        socket_events[id(page)] = SocketEvents(page)
+    return socket_events[id(page)]
 
 
 def open_chat(page, server: AppServer) -> None:
+    """Open a new conversation and wait for the app's first message to arrive over the socket (text typed
+    before the socket connects is lost)."""
+    events = watch(page)
+    welcomed = events.count("new_message")
     page.goto(server.url)
-    # Text typed before the socket connects is lost. The welcome text comes with the page; the settings
-    # button appears once the app has answered over the socket (on_chat_start sends the chat settings).
-    page.get_by_text("Answers come from your documents").first.wait_for(timeout=30_000)
-    page.locator("#chat-settings-open-modal").wait_for(timeout=30_000)
+    # The welcome itself comes with the page (a chat profile's description, with the starters); the
+    # server details step arrives over the socket once the app has started the conversation.
+    events.wait(lambda: events.count("new_message") > welcomed, 60, "the server details step")
+    page.locator("#welcome-screen").wait_for(timeout=30_000)
+    page.locator("#chat-input").wait_for(timeout=30_000)
 
 
 def ask(page, question: str) -> None:
-    """Send once the app can take it: while a task runs (or attachments upload) there is no enabled send button."""
-    # Wait for the previous task to end first: the composer re-renders then and can drop text typed earlier.
-    page.wait_for_function("() => !document.querySelector('#stop-button') && !!document.querySelector('#chat-submit')",
-                           timeout=180_000)
+    """Send a question once no task runs, and return when the server has started its task.
+
+    Chainlit emits ``task_start`` when it takes a message: that, not the text on the page, confirms
+    the question was sent. The composer can re-render and drop typed text; then it is typed again.
+    """
+    events = watch(page)
+    events.wait(lambda: not events.running, 240, "the previous task to end")
+    page.wait_for_function("() => !document.querySelector('#stop-button')", timeout=30_000)
+    starts = events.count("task_start")
+    sent_before = page.locator(USER_MESSAGE).count()
     for _ in range(3):
-        page.locator("#chat-input").fill(question)
+        if page.locator(USER_MESSAGE).count() == sent_before:
+            page.locator("#chat-input").fill(question)
+            try:
+                page.wait_for_function(
+                    "() => { const b = document.querySelector('#chat-submit'); return b && !b.disabled; }",
+                    timeout=10_000)
+                page.locator("#chat-submit").click(timeout=5_000)
+            except PlaywrightTimeout:
+                continue  # the text was dropped by a re-render, or uploads are still going: type it again
         try:
-            page.wait_for_function(
-                "() => { const b = document.querySelector('#chat-submit'); return b && !b.disabled; }", timeout=10_000)
-        except PlaywrightTimeout:
-            continue  # the text was dropped by a re-render, or uploads are still going: type it again
-        finished_answers[id(page)] = page.locator(FINISHED_ANSWER).count()
-        sent_before = page.locator(USER_MESSAGE).count()
-        try:  # the composer can re-render (and drop the text) between the check and the click: verify it was sent
-            page.locator("#chat-submit").click(timeout=5_000)
-            page.wait_for_function(f"() => document.querySelectorAll('{USER_MESSAGE}').length > {sent_before}",
-                                   timeout=10_000)
-            return
-        except PlaywrightTimeout:
+            events.wait(lambda: events.count("task_start") > starts, 20, "the server to take the question")
+        except AssertionError:
             continue
+        turn_started_at[id(page)] = max(i for i, name in enumerate(events.names) if name == "task_start")
+        return
     shot = PROJECT / "test-artifacts" / f"could-not-send-{int(time.time())}.png"
     shot.parent.mkdir(exist_ok=True)
     page.screenshot(path=str(shot), full_page=True)
-    raise AssertionError(f"could not send {question!r}; screenshot: {shot}")
+    raise AssertionError(f"could not send {question!r}; socket events: {events.names[-12:]}; screenshot: {shot}")
 
 
-ASSISTANT = '[data-step-type="assistant_message"]'
-USER_MESSAGE = '[data-step-type="user_message"]'
-FINISHED_ANSWER = f'{ASSISTANT}:has-text("Answered by"), {ASSISTANT}:has-text("No model answered")'
-finished_answers: dict[int, int] = {}  # page -> finished answers on it when the last question was sent
+LAST_MESSAGE_IS_AN_ANSWER = f"""() => {{
+    const users = document.querySelectorAll('{USER_MESSAGE}');
+    const answers = document.querySelectorAll('{ASSISTANT}');
+    if (!answers.length) return false;
+    const answer = answers[answers.length - 1];
+    return !users.length
+        || !!(users[users.length - 1].compareDocumentPosition(answer) & Node.DOCUMENT_POSITION_FOLLOWING);
+}}"""
 
 
-def wait_for_answer(page, timeout_s: float = 90) -> str:
-    """The text of the answer to the last question sent with :func:`ask`, once it has finished."""
-    before = finished_answers.get(id(page), 0)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        answers = page.locator(FINISHED_ANSWER)
-        if answers.count() > before:
-            return answers.last.inner_text()
-        time.sleep(0.1)
-    raise AssertionError(f"no finished answer; page shows: {page.locator('body').inner_text()[-2000:]}")
+def wait_for_task_end(page, timeout_s: float = 600) -> None:
+    """Wait for the ``task_end`` of the turn started by the last :func:`ask`, and for the UI to show it."""
+    events = watch(page)
+    started = turn_started_at.get(id(page), -1)
+    events.wait(lambda: "task_end" in events.names[started + 1:], timeout_s, "the turn's task_end")
+    page.wait_for_function("() => !document.querySelector('#stop-button')", timeout=30_000)
+
+
+def wait_for_answer(page, timeout_s: float = 600) -> str:
+    """The text of the last message of the turn started by the last :func:`ask`, once that turn has ended.
+
+    Only a message below the question counts, so an earlier answer can never stand in for this one.
+    """
+    wait_for_task_end(page, timeout_s)
+    page.wait_for_function(LAST_MESSAGE_IS_AN_ANSWER, timeout=30_000)
+    return page.locator(ASSISTANT).last.inner_text()

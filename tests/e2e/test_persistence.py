@@ -30,7 +30,7 @@ def test_shared_document_settings_and_feedback_survive_a_restart(page, own_app):
     page.locator("#upload-button-input").set_input_files(
         [{"name": "../heron.md", "mimeType": "text/markdown", "buffer": SHARED_FACT.encode()}])
     ask(page, "When does the Heron release train depart?")
-    assert "heron.md" in wait_for_answer(page, 120).lower()
+    assert "heron.md" in wait_for_answer(page).lower()
 
     page.get_by_role("button", name="Add to shared knowledge").first.click()
     page.get_by_text("is now shared knowledge").first.wait_for(timeout=30_000)
@@ -60,7 +60,7 @@ def test_shared_document_settings_and_feedback_survive_a_restart(page, own_app):
 
     open_chat(page, own_app)  # a new conversation sees the shared document
     ask(page, "When does the Heron release train depart?")
-    assert "heron.md" in wait_for_answer(page, 120).lower()
+    assert "heron.md" in wait_for_answer(page).lower()
 
 
 def test_remove_command_drops_an_upload(page, own_app):

@@ -56,7 +56,7 @@ def test_hostile_and_broken_files_each_get_a_message_and_the_rest_goes_through(p
     assert "passwd.md is ready" in body
     # The app still answers after the batch.
     ask(page, "What is the margin target?")
-    assert "report.pdf" in wait_for_answer(page, 120).lower()  # source links render in capitals
+    assert "report.pdf" in wait_for_answer(page).lower()  # source links render in capitals
     stored = list((own_app.data_dir / "uploads").rglob("*passwd*"))
     assert stored and all(own_app.data_dir in p.parents for p in stored)
     assert not (own_app.root / "etc").exists()
@@ -66,7 +66,7 @@ def test_upload_is_cited_and_survives_a_restart_with_its_history(page, own_app):
     open_chat(page, own_app)
     upload(page, [{"name": "falcon.md", "mimeType": "text/markdown", "buffer": UPLOAD_FACT.encode()}])
     ask(page, "How many steps does the Falcon rollout checklist have?")
-    first = wait_for_answer(page, 120)
+    first = wait_for_answer(page)
     assert "falcon.md" in first.lower()
     page.get_by_text("falcon.md is ready for this conversation").first.wait_for()
     thread_url = page.url
@@ -80,7 +80,7 @@ def test_upload_is_cited_and_survives_a_restart_with_its_history(page, own_app):
     bar.wait_for()
     assert own_app.small_model in bar.inner_text()  # the metrics element came back with its numbers
     ask(page, "Who owns the canary review step of the Falcon rollout?")
-    follow_up = wait_for_answer(page, 120)
+    follow_up = wait_for_answer(page)
     assert "falcon.md" in follow_up.lower()  # the restored upload is still searched
 
 
@@ -88,8 +88,8 @@ def test_an_upload_in_one_conversation_is_not_retrieved_in_another(page, own_app
     open_chat(page, own_app)
     upload(page, [{"name": "falcon.md", "mimeType": "text/markdown", "buffer": UPLOAD_FACT.encode()}])
     ask(page, "How many steps does the Falcon rollout checklist have?")
-    assert "falcon.md" in wait_for_answer(page, 120).lower()
+    assert "falcon.md" in wait_for_answer(page).lower()
 
     open_chat(page, own_app)  # a new conversation
     ask(page, "How many steps does the Falcon rollout checklist have?")
-    assert "falcon.md" not in wait_for_answer(page, 120).lower()
+    assert "falcon.md" not in wait_for_answer(page).lower()
