@@ -91,7 +91,7 @@ def test_field_dialect_thinking_streams_into_its_step_and_escalation_works_witho
 def test_inline_harmony_is_split_into_the_step_and_the_answer(page, reasoning_app, foundry_models):
     foundry_models.script(LARGE, HARMONY.large)
     open_chat(page, reasoning_app)
-    pin(page, "gpt-oss-20b only")
+    pin(page, "Large model only")
     ask(page, "How many vacation days do employees get?")
     final = wait_for_answer(page)
     assert ANSWER_TEXT in final
