@@ -12,7 +12,9 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import ASSISTANT, PROJECT, USER_MESSAGE, AppServer, ask, make_app_root, open_chat, wait_for_answer
+from tests.e2e.conftest import (
+    ASSISTANT, PROJECT, USER_MESSAGE, AppServer, ask, make_app_root, open_chat, turn_started_at, wait_for_answer, watch,
+)
 from tests.fake_openai_server import FakeOpenAIServer, Script
 
 pytestmark = pytest.mark.e2e
@@ -185,10 +187,13 @@ def test_the_welcome_speaks_to_a_newcomer_and_warns_about_the_embedded_model(pag
     page.get_by_text(app_server.model_endpoint).first.wait_for()
     shot(page, "welcome-server-details")
     question = starters.first.inner_text()
+    events = watch(page)
+    starts = events.count("task_start")
     starters.first.click()
-    page.locator(USER_MESSAGE).first.wait_for()
+    events.wait(lambda: events.count("task_start") > starts, 30, "the starter question to be taken")
+    turn_started_at[id(page)] = max(i for i, name in enumerate(events.names) if name == "task_start")
     assert "What do the documents say about" in page.locator(USER_MESSAGE).first.inner_text(), question
-    wait_for_answer(page, 240)
+    assert "Answered by" in wait_for_answer(page, 600)
 
 
 # ------------------------------------------------------------------------------------------------ 5. stop, feedback, steps, chart
