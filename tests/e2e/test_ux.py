@@ -370,6 +370,8 @@ def test_walkthrough_ask_source_modes_upload_stop_feedback_resume(page, scripted
     page.locator("#chat-settings-open-modal").click()
     assert "Small model only" in page.locator("#mode").inner_text()
     page.keyboard.press("Escape")
+    page.locator("#confirm").wait_for(state="detached")
+    page.wait_for_timeout(500)  # the dialog's fade-out
     shot(page, "walk-6-resumed")
     bad = [(url, status) for url, status in watch_avatars if status >= 400]
     assert not bad, bad
