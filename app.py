@@ -13,26 +13,29 @@ from pathlib import Path
 
 import chainlit as cl
 from chainlit.context import init_ws_context
+from chainlit.data import get_data_layer
 from chainlit.input_widget import Select, Slider
-from chainlit.server import app as fastapi_app
+from chainlit.config import config as chainlit_config
+from chainlit.server import app as fastapi_app, sio
 from chainlit.session import WebsocketSession
-from chainlit.socket import sio
-from fastapi.responses import FileResponse, Response as HTTPResponse
 
 from assistant.conversations import HISTORY_KEY, METRICS_KEY, ConversationStore, history_from_steps, metrics_from_steps
 from assistant.demo import install_demo_routes
 from assistant.embedded import EmbeddedModelError, default_model_path, model_name
 from assistant.page import OfflinePage
-from assistant.events import AnswerStarted, Escalated, SourcesFound, Thinking, ThinkingFinished, Token, TurnFinished
+from assistant.events import AnswerStarted, Escalated, Queued, SourcesFound, Thinking, ThinkingFinished, Token, TurnFinished
 from assistant import wiring
 from assistant.record import TurnRecord
 from assistant.settings import RoutingMode, SettingsError, load_settings
 from assistant.storage import LocalFileStorage, ensure_schema, thread_data_layer
 from assistant.uploads import UploadError, save_upload, share_document
+from assistant import web_security
+from assistant.accounts import Accounts, AccountsError, LoginThrottle
 from rag.documents import DocumentSet
 from rag.citations import strip_citations
 from rag.loaders import LoadError
-from routing.client import ModelServerError
+from rag.progress import TerminalProgress, progress_message
+from routing.client import ModelNotFound, explain_alias
 from routing.metrics import SessionMetrics, latency_figure, summary_rows
 from routing.policy import RoutingOptions
 import ui
@@ -72,21 +75,34 @@ documents_by_thread: dict[str, DocumentSet] = {}
 # ------------------------------------------------------------------------------------------------
 
 
+def load_knowledge() -> None:
+    """Once per process: load the cached index (or index the folder, with a progress bar), then watch it."""
+    report = knowledge.refresh(progress=TerminalProgress())
+    log.info("knowledge: %s", report.summary())
+    knowledge.start_watching()
+
+
 @cl.on_app_startup
 async def startup() -> None:
     await ensure_schema(settings.sqlalchemy_url)
-    report = await asyncio.to_thread(knowledge.refresh)
-    log.info("knowledge: %s", report)
+    # Learn the served models now, so that no welcome waits for them (see ModelClient.server_health).
+    await client.server_health(wait_s=0)
+    # In the background: a large folder's first indexing must not hold up the server; chats show its progress.
+    asyncio.get_running_loop().run_in_executor(None, load_knowledge)
 
 
 @cl.on_app_shutdown
 async def shutdown() -> None:
+    knowledge.stop_watching()
     await client.close()
 
 
 @cl.data_layer
 def data_layer():
-    return thread_data_layer(settings.sqlalchemy_url, file_storage, forget_thread)
+    layer = thread_data_layer(settings.sqlalchemy_url, file_storage, forget_thread)
+    # Uploads of a refused type or size are never stored.
+    layer.__class__ = web_security.guarded_data_layer(type(layer), int(settings.upload_max_mb * 1024 * 1024))
+    return layer
 
 
 async def forget_thread(thread_id: str) -> None:
@@ -98,11 +114,18 @@ async def forget_thread(thread_id: str) -> None:
         await asyncio.to_thread(shutil.rmtree, uploads, True)
 
 
-if settings.auth_password:
+try:
+    accounts = Accounts.from_settings(settings)
+except AccountsError as exc:
+    print(exc, file=sys.stderr)
+    raise SettingsError(str(exc)) from None
+login_throttle = LoginThrottle()
+
+if accounts is not None:
 
     @cl.password_auth_callback
-    def password_login(username: str, password: str):
-        if username == settings.local_user and secrets.compare_digest(password, settings.auth_password):
+    async def password_login(username: str, password: str):
+        if await web_security.check_login(accounts, login_throttle, username, password):
             return cl.User(identifier=username, metadata={"provider": "password"})
         return None
 
@@ -110,23 +133,14 @@ else:
 
     @cl.header_auth_callback
     def local_user(headers):
-        # Single-user local mode: everyone reaching this loopback server is the one local user.
+        # Single-user local mode: everyone reaching this loopback server is the one local user
+        # (web_security offers it to loopback clients only, and refuses a non-loopback bind without passwords).
         return cl.User(identifier=settings.local_user, metadata={"provider": "local"})
 
 
 def _install_get_routes() -> None:
     """Register our GET routes ahead of Chainlit's catch-all page route, which would shadow them."""
     first_new = len(fastapi_app.router.routes)
-
-    @fastapi_app.get("/storage/{object_key:path}")
-    async def stored_file(object_key: str):
-        try:
-            path = file_storage.path_for(object_key)
-        except ValueError:
-            return HTTPResponse(status_code=404)
-        if not path.is_file():
-            return HTTPResponse(status_code=404)
-        return FileResponse(path)
 
     install_demo_routes(fastapi_app, lambda: pipeline, settings, move_to_front=False)
 
@@ -137,6 +151,13 @@ def _install_get_routes() -> None:
 
 _install_get_routes()
 fastapi_app.add_middleware(OfflinePage)
+# Last, so its checks run first (outermost), before any other middleware answers.
+try:
+    web_security.install(fastapi_app, sio, settings, storage=file_storage, bind_host=chainlit_config.run.host,
+                         accounts=accounts, throttle=login_throttle)
+except web_security.StartupRefused as exc:
+    print(exc, file=sys.stderr)
+    raise
 
 
 # ------------------------------------------------------------------------------------------------
@@ -157,21 +178,25 @@ def documents() -> DocumentSet:
     return documents_by_thread[tid]
 
 
-def new_document_set() -> DocumentSet:
+def new_document_set(tid: str) -> DocumentSet:
+    """A conversation's uploads: its own scope of the knowledge base's one index."""
     return DocumentSet(
         backend=settings.bm25_backend.value,
         chunk_tokens=settings.chunk_tokens,
         chunk_overlap=settings.chunk_overlap,
+        collection=knowledge.collection,
+        scope=tid,
     )
 
 
 def document_set_from(tid: str, stored: dict | None) -> DocumentSet:
     if stored:
         try:
-            return DocumentSet.from_state(stored, backend=settings.bm25_backend.value)
+            return DocumentSet.from_state(stored, backend=settings.bm25_backend.value,
+                                          collection=knowledge.collection, scope=tid)
         except Exception as exc:  # a damaged state file must not stop the conversation
             log.warning("could not restore uploads of %s: %s", tid, exc)
-    return new_document_set()
+    return new_document_set(tid)
 
 
 async def load_documents(tid: str, state: dict) -> None:
@@ -180,7 +205,7 @@ async def load_documents(tid: str, state: dict) -> None:
 
 
 def knowledge_sources() -> list[str]:
-    return sorted({chunk.source for chunk in knowledge.chunks})
+    return knowledge.sources()
 
 
 async def save_documents() -> None:
@@ -195,20 +220,21 @@ def session_metrics() -> SessionMetrics:
     return metrics
 
 
-_served_cache: dict[str, tuple[float, ui.ServedModels]] = {}
+async def served_models() -> ui.ServedModels:
+    """The roles' served ids from what the client knows (it never waits for the model server: llama.cpp
+    answers its model list only between generations); the aliases while nothing is known yet."""
+    health = await client.server_health()
+    if health.models is None:
+        return ui.ServedModels(settings.small_model, settings.large_model,
+                               error=str(health.error) if health.error is not None else None)
 
+    def served(alias: str) -> str:
+        try:
+            return explain_alias(alias, health.models).model
+        except ModelNotFound:
+            return alias
 
-async def served_models(max_age_s: float = 15.0) -> ui.ServedModels:
-    cached = _served_cache.get("models")
-    if cached and time.monotonic() - cached[0] < max_age_s:
-        return cached[1]
-    try:
-        models = ui.ServedModels(await client.resolve(settings.small_model, refresh=True),
-                              await client.resolve(settings.large_model, refresh=True))
-    except ModelServerError as exc:
-        models = ui.ServedModels(settings.small_model, settings.large_model, error=str(exc))
-    _served_cache["models"] = (time.monotonic(), models)
-    return models
+    return ui.ServedModels(served(settings.small_model), served(settings.large_model))
 
 
 def embedded_model_in_use(models: ui.ServedModels) -> bool:
@@ -272,9 +298,12 @@ async def mode_label(mode: str) -> str:
 def welcome_text(models: ui.ServedModels) -> str:
     sources = knowledge_sources()
     folder = settings.knowledge_dir.name
+    documents_in = (f"the documents in the knowledge folder (`{folder}/`, being indexed now)"
+                    if knowledge.progress.running and not sources
+                    else f"the {len(sources)} documents in the knowledge folder (`{folder}/`)")
     text = (
-        "**Ask questions about your team's documents.** The assistant searches the "
-        f"{len(sources)} documents in the knowledge folder (`{folder}/`) and any file you attach, answers with "
+        "**Ask questions about your team's documents.** The assistant searches "
+        f"{documents_in} and any file you attach, answers with "
         "a language model running on this machine, and cites the passages it used: click a [1] in an answer "
         "to read that passage. Answers come from your documents, not from the internet.\n\n"
     )
@@ -327,20 +356,32 @@ async def starters(user=None, language=None):
     return [cl.Starter(label=label, message=question) for label, question in starter_questions()]
 
 
-async def model_status(models: ui.ServedModels) -> str:
-    if models.error:
-        return f"- not available: {models.error}"
+async def model_status() -> str:
+    """The roles' served models from what the client knows: a welcome never waits for the model server
+    (llama.cpp answers its model list only between generations)."""
+    health = await client.server_health()
     lines = []
-    for role, alias, served in (("small", settings.small_model, models.small), ("large", settings.large_model, models.large)):
-        lines.append(f"- {role}: `{served}`" + (f" (alias `{alias}`)" if served != alias else ""))
-        resolution = client.resolutions.get(alias)
-        if resolution and resolution.note:
-            lines[-1] += f" — {resolution.note}"
+    for role, alias in (("small", settings.small_model), ("large", settings.large_model)):
+        if health.models is not None:
+            try:
+                resolution = explain_alias(alias, health.models)
+                served = resolution.model
+                lines.append(f"- {role}: `{served}`" + (f" (alias `{alias}`)" if served != alias else ""))
+                if resolution.note:
+                    lines[-1] += f" — {resolution.note}"
+            except ModelNotFound as exc:  # says what is served instead
+                lines.append(f"- {role}: `{alias}` — **not available**: {exc}")
+        elif health.error is not None:
+            lines.append(f"- {role}: `{alias}` — **not available**: {health.error}")
+        else:
+            lines.append(f"- {role}: `{alias}` (checking the model server…)")
+    if health.models is not None and health.error is not None:
+        lines.append(f"- last check failed: {health.error}")
     return "\n".join(lines)
 
 
 async def show_operator_details(values: dict) -> None:
-    models = await served_models(max_age_s=0)
+    models = await served_models()
     mode = values.get("mode", settings.routing_mode.value)
     report = knowledge.last_report
     knowledge_line = f"{len(knowledge_sources())} files, {knowledge.chunk_count} chunks"
@@ -359,7 +400,9 @@ async def show_operator_details(values: dict) -> None:
     async with cl.Step(name="Server details", type="run", default_open=False, show_input=False,
                        icon="server") as step:
         step.output = (
-            f"{server_line}\n{await model_status(models)}\n\n"
+            # The sentence other clients (benchmarks, socket tests) wait for: the conversation has started.
+            "Answers come from your documents, by models on this machine.\n\n"
+            f"{server_line}\n{await model_status()}\n\n"
             f"Routing: **{ui.mode_labels(models.small, models.large).get(mode, mode)}** (change it in the settings). "
             f"Knowledge: `{settings.knowledge_dir}`, {knowledge_line}.\n\n"
             "Attach files to ask about them (private to this conversation). "
@@ -375,10 +418,25 @@ async def show_operator_details(values: dict) -> None:
 @cl.on_chat_start
 async def on_chat_start() -> None:
     log.info("new conversation %s", thread_id())
-    await asyncio.to_thread(knowledge.refresh)
     values = await send_chat_settings({})
     await conversations.aupdate(thread_id(), chat_settings=values)
     await show_operator_details(values)
+    if knowledge.progress.running and knowledge.chunk_count == 0:  # the folder's first indexing
+        asyncio.create_task(show_indexing_progress())
+
+
+async def show_indexing_progress() -> None:
+    """A message that follows the knowledge folder's first indexing until it ends."""
+    progress = knowledge.progress
+    message = cl.Message(content=progress_message(progress.done, progress.total, progress.current), author="assistant")
+    await message.send()
+    while knowledge.progress.running:
+        await asyncio.sleep(1.0)
+        progress = knowledge.progress
+        message.content = progress_message(progress.done, progress.total, progress.current)
+        await message.update()
+    message.content = f"Knowledge folder indexed: {len(knowledge_sources())} files, {knowledge.chunk_count} chunks."
+    await message.update()
 
 
 @cl.on_chat_resume
@@ -411,6 +469,12 @@ async def on_settings_update(values: dict) -> None:
 async def on_chat_end() -> None:
     # The browser left: the uploads stay stored (a resume loads them again), not in memory.
     documents_by_thread.pop(thread_id(), None)
+    # A chat that goes away while its question waits for the model server leaves the line: the server
+    # never sees a request nobody will read. (An answer already streaming is left to finish and is saved.)
+    task = cl.context.session.current_task
+    if cl.user_session.get("queued") and task is not None and not task.done():
+        log.info("conversation %s left while queued; its question leaves the queue", thread_id())
+        task.cancel()
 
 
 @cl.on_stop
@@ -450,10 +514,70 @@ async def on_message(message: cl.Message) -> None:
     await answer(text)
 
 
+def queue_text(event: Queued) -> str:
+    ahead = event.position - 1
+    place = "next in line" if ahead == 0 else f"number {event.position} in line ({ahead} ahead of you)"
+    seconds = event.expected_wait_s
+    if seconds is None:
+        wait = "the wait is not known yet (no answer has finished since the app started)"
+    elif seconds < 60:  # rounded, so the notice changes (and is re-sent) only when the estimate really moves
+        wait = f"about {max(5 * round(seconds / 5), 5):.0f} s to wait"
+    else:
+        wait = f"about {round(seconds / 60):.0f} min to wait"
+    return (f"⏳ The model server is answering other questions: you are **{place}**, {wait}. "
+            "This updates while you wait; Stop leaves the line.")
+
+
+PARTIAL_NOTE = (
+    "\n\n---\n*⚠️ This answer was cut short: the app stopped while it was being written. The text above is "
+    "what had arrived; ask again for a full answer.*"
+)
+
+
+class PartialAnswerSaver:
+    """Keeps a streaming answer in the chat database (at most every ``interval_s``), with a note that it is
+    incomplete, so that a crash of the app leaves it in the thread. Writes go straight to the data layer,
+    not to the browser; the final ``send()`` replaces the saved text once the answer ends."""
+
+    def __init__(self, message: cl.Message, interval_s: float = 1.0):
+        self.message = message
+        self.interval_s = interval_s
+        self._last = 0.0
+        self._write: asyncio.Task | None = None
+
+    def streamed(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self._last < self.interval_s or (self._write is not None and not self._write.done()):
+            return
+        self._last = now
+        step = self.message.to_dict()
+        step["output"] = (step.get("output") or "") + PARTIAL_NOTE
+        self._write = asyncio.create_task(self._save(step))
+
+    @staticmethod
+    async def _save(step: dict) -> None:
+        data_layer = get_data_layer()
+        if data_layer is None:
+            return
+        try:
+            await data_layer.create_step(step)  # an upsert in the SQLAlchemy data layer
+        except Exception as exc:  # a failed partial save must not break the answer
+            log.warning("could not save the partial answer: %s", exc)
+
+    async def finish(self) -> None:
+        """Wait for a write in flight, so that it cannot land after (and over) the final message."""
+        if self._write is not None:
+            await asyncio.shield(self._write)
+        self.interval_s = float("inf")
+
+
 async def answer(question: str) -> None:
     history = cl.user_session.get("history") or []
     options = routing_options()
     message: cl.Message | None = None
+    saver: PartialAnswerSaver | None = None
+    waiting: cl.Message | None = None
+    retrieval_shown: asyncio.Task | None = None
     streamed = ""
     record: TurnRecord | None = None
     thinking: ui.ThinkingStep | None = None  # a reasoning model's thinking, streamed above its answer
@@ -461,10 +585,27 @@ async def answer(question: str) -> None:
     try:
         async for event in pipeline.run(question, history=history, options=options, documents=documents()):
             if isinstance(event, SourcesFound):
-                await ui.show_retrieval(event, options.min_source_score)
+                # Rendered beside the turn, not before it: the request goes to the model server at once.
+                retrieval_shown = asyncio.create_task(ui.show_retrieval(event, options.min_source_score))
                 stage = "waiting for the model's first word"
+            elif isinstance(event, Queued):
+                cl.user_session.set("queued", True)
+                stage = "waiting in line for the model server"
+                if waiting is None:
+                    waiting = cl.Message(content=queue_text(event), author="assistant")
+                    await waiting.send()
+                elif waiting.content != queue_text(event):
+                    waiting.content = queue_text(event)
+                    await waiting.update()
             elif isinstance(event, AnswerStarted):
+                cl.user_session.set("queued", False)
+                if waiting is not None:
+                    await waiting.remove()
+                    waiting = None
+                if retrieval_shown is not None:
+                    await retrieval_shown
                 message = cl.Message(content="", author="assistant")
+                saver = PartialAnswerSaver(message)
                 streamed = ""
                 stage = f"waiting for the first word of {event.model}"
             elif isinstance(event, Thinking):
@@ -479,7 +620,10 @@ async def answer(question: str) -> None:
             elif isinstance(event, Token):
                 streamed += event.text
                 await message.stream_token(event.text)
+                saver.streamed()
             elif isinstance(event, Escalated):
+                if saver is not None:
+                    await saver.finish()
                 if message is not None and streamed:
                     await message.remove()
                 await ui.show_escalation(event.reason, event.from_model, event.draft, event.early, event.purpose)
@@ -488,6 +632,11 @@ async def answer(question: str) -> None:
             elif isinstance(event, TurnFinished):
                 record = event.record
     except asyncio.CancelledError:
+        cl.user_session.set("queued", False)
+        if waiting is not None:
+            await waiting.remove()
+        if saver is not None:
+            await saver.finish()
         if thinking is not None:
             await thinking.finish(None, answered=False)
         if streamed.strip():
@@ -501,7 +650,14 @@ async def answer(question: str) -> None:
         await message.send()
         remember(question, strip_citations(streamed))
         raise
+    finally:
+        if retrieval_shown is not None and not retrieval_shown.done():
+            await asyncio.shield(retrieval_shown)
 
+    if waiting is not None:
+        await waiting.remove()
+    if saver is not None:
+        await saver.finish()
     await finish_answer(question, message, record)
 
 
@@ -521,7 +677,14 @@ async def finish_answer(question, message, record: TurnRecord | None) -> None:
     linked, views = ui.render_sources(record, anchor=message.id)
     elements = [ui.sources_element(views, message.id, record.dangling)] if views else []
     body = linked + body[len(record.display_text()):]
-    footer = f"*Answered by `{record.answered_by}`*" if record.answered_by else "*No model answered.*"
+    failed = any(notice.level == "error" for notice in record.notices)
+    if record.answered_by:
+        footer = f"*Answered by `{record.answered_by}`*"
+    elif record.text:
+        cut_by = next((r.model for r in reversed(record.responses) if r.text), "the model")
+        footer = f"*Cut short: not a complete answer (partial text from `{cut_by}`).*"
+    else:
+        footer = "*No model answered.*"
     routing_line = ui.routing_line(record)
     if routing_line:
         footer += f"\n\n{routing_line}"
@@ -531,6 +694,9 @@ async def finish_answer(question, message, record: TurnRecord | None) -> None:
     message.content = body.strip() + ui.ANSWER_FOOTER + footer
     message.elements = [ui.metrics_element(record, metrics.total_cost_usd)] + elements
     message.actions = [cl.Action(name="latency_chart", payload={}, label="Latency chart", icon="chart-column")]
+    if failed or not record.answered_by:
+        message.actions.insert(0, cl.Action(name="retry_answer", payload={"question": question},
+                                            label="Retry", icon="rotate-ccw"))
     remember(question, record.history_text())
     # Chainlit stores the message with its metadata: a resumed thread rebuilds history and metrics from it.
     message.metadata = {**(message.metadata or {}), HISTORY_KEY: record.history_text(),
@@ -543,6 +709,20 @@ def remember(question: str, answer_text: str) -> None:
     history = cl.user_session.get("history") or []
     history = history + [{"role": "user", "content": question}, {"role": "assistant", "content": answer_text}]
     cl.user_session.set("history", history)
+
+
+@cl.action_callback("retry_answer")
+async def on_retry_answer(action: cl.Action) -> None:
+    question = (action.payload or {}).get("question", "")
+    if not question:
+        return
+    cl.context.session.current_task = asyncio.current_task()  # so that Stop cancels the retry too
+    await cl.context.emitter.task_start()  # the page shows the turn running (and its Stop button)
+    try:
+        await cl.Message(content=f"Asking again: {question}", author="assistant").send()
+        await answer(question)
+    finally:
+        await cl.context.emitter.task_end()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -568,7 +748,7 @@ async def handle_uploads(elements: list) -> None:
             continue
         pages = f"{added.pages} pages, " if added.pages else ""
         actions = [
-            cl.Action(name="share_document", payload={"name": added.name, "path": str(stored)},
+            cl.Action(name="share_document", payload={"name": added.name, "upload": stored.name},
                       label="Add to shared knowledge", icon="share"),
             cl.Action(name="remove_document", payload={"name": added.name}, label="Remove", icon="trash"),
         ]
@@ -611,10 +791,13 @@ async def on_remove_document(action: cl.Action) -> None:
 
 @cl.action_callback("share_document")
 async def on_share_document(action: cl.Action) -> None:
-    name = action.payload.get("name", "")
-    source = Path(action.payload.get("path", ""))
-    uploads_root = (settings.data_dir / "uploads").resolve()
-    if uploads_root not in source.resolve().parents:
+    name = str(action.payload.get("name", ""))
+    # The client names an upload by its stored name only; it is looked up in this conversation's own folder,
+    # so no session can publish another conversation's upload.
+    upload_id = str(action.payload.get("upload", ""))
+    folder = (settings.data_dir / "uploads" / thread_id()).resolve()
+    source = (folder / upload_id).resolve()
+    if not upload_id or source.parent != folder or not source.is_file():
         await cl.Message(content="That upload is not available any more.", author="assistant").send()
         return
     try:

@@ -100,13 +100,8 @@ def highlight_segments(text: str, question: str) -> list[list]:
 
 
 def source_label(scored: ScoredChunk) -> str:
-    chunk = scored.chunk
-    file_name = chunk.source.rsplit("/", 1)[-1]
-    redundant = {chunk.source, file_name, file_name.rsplit(".", 1)[0], ""}
-    label = chunk.location
-    if chunk.title and chunk.title not in redundant:
-        label += f" — {chunk.title}"
-    return label
+    """The file (with its PDF page), then the page title and section when they say more than the file name."""
+    return scored.chunk.citation
 
 
 def source_views(record: TurnRecord) -> list[SourceView]:
@@ -196,7 +191,7 @@ async def show_retrieval(event: SourcesFound, min_score: float) -> None:
         for i, scored in enumerate(event.sources, start=1):
             excerpt = " ".join(scored.chunk.text.split())[:SNIPPET_CHARS].replace("|", "\\|")
             weak = "" if scored.score >= min_score else " (weak)"
-            rows.append(f"| {i} | {scored.score:.2f}{weak} | {scored.chunk.location} | {excerpt}… |")
+            rows.append(f"| {i} | {scored.score:.2f}{weak} | {scored.chunk.citation} | {excerpt}… |")
         rows.append(f"\n{len(event.sources)} sources in {event.retrieval_ms:.1f} ms.")
         step.output = "\n".join(rows)
 

@@ -4,8 +4,11 @@ The page (``demo/`` at the repository root: plain HTML, CSS and JavaScript, noth
 talks only to the app's own server:
 
 * ``GET  /demo``               the page
-* ``GET  /demo/static/{name}`` ``demo.css`` and ``demo.js`` (nothing else is served)
-* ``GET  /demo/api/info``      the two roles, their served model names and the model server's host
+* ``GET  /demo/static/{name}`` ``demo.css``, ``demo.js`` and ``engine.js`` (nothing else is served)
+* ``GET  /demo/api/info``      the two roles, their served model names, the model server's host, and
+  whether the in-browser engine can run (``browser_engine``, see :mod:`assistant.browser_engine`)
+* ``POST /demo/api/prompt``    the same JSON as the stream; answers the sources and the grounded prompt
+  (the pipeline's first two stages, no model call) for the page's in-browser engine to generate from
 * ``POST /demo/api/stream``    JSON ``{prompt, role, reference_text, temperature, max_tokens}``,
   answered as ``text/event-stream`` with the events ``sources``, ``prompt``, ``started``, ``thinking``
   and ``thought`` (a reasoning model's thinking, and its end), ``token``, ``notice`` and ``done`` (see
@@ -16,12 +19,16 @@ pinned to the chosen role. When the browser hangs up (its Stop button aborts the
 server cancels the response; the pipeline's generator is then closed, which leaves the model
 client's ``async with`` and closes the upstream HTTP stream, so the model server stops generating.
 No API key or full endpoint URL ever goes to the browser: only the host.
+
+The page is served cross-origin isolated (COOP/COEP headers), which lets the in-browser engine run
+WebAssembly threads; everything it loads comes from this server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 from urllib.parse import urlsplit
 
@@ -29,6 +36,7 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 
+from assistant.browser_engine import NODE_MODULES, find_browser_engine, install_browser_engine_routes
 from assistant.events import (
     AnswerStarted, Escalated, Notice, PromptBuilt, SourcesFound, Thinking, ThinkingFinished, Token, TurnFinished,
 )
@@ -37,17 +45,28 @@ from routing.client import ModelClient, ModelServerError
 from routing.options import MAX_TOKENS_LIMIT, RoutingMode, RoutingOptions
 
 DEMO_DIR = PROJECT_ROOT / "demo"
-STATIC_FILES = {"demo.css": "text/css; charset=utf-8", "demo.js": "text/javascript; charset=utf-8"}
+STATIC_FILES = {
+    "demo.css": "text/css; charset=utf-8",
+    "demo.js": "text/javascript; charset=utf-8",
+    "engine.js": "text/javascript; charset=utf-8",  # the in-browser engine, imported by demo.js when used
+}
 ROLE_MODES = {"small": RoutingMode.SMALL_ONLY, "large": RoutingMode.LARGE_ONLY}
 MAX_PROMPT_CHARS = 20_000
 MAX_REFERENCE_CHARS = 200_000
+# A request within the text limits is well under this even with every character escaped.
+MAX_BODY_BYTES = 2 * 1024 * 1024
 
-# The page loads only its own files and talks only to this server.
+# The page loads only its own files and talks only to this server. The in-browser engine compiles
+# WebAssembly ('wasm-unsafe-eval', not 'unsafe-eval') and runs it in workers made from blob: URLs; the
+# two Cross-Origin headers make the page cross-origin isolated, so those workers may share memory (threads).
 PAGE_HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self' blob:; "
+        "style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
     ),
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Embedder-Policy": "require-corp",
     "Cache-Control": "no-cache",
     "X-Content-Type-Options": "nosniff",
 }
@@ -57,6 +76,32 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 class DemoRequestError(ValueError):
     """A request the page should not have sent; the message is shown on the page."""
 
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+async def read_json_body(request: Request, limit: int) -> Any:
+    """The request's JSON body, read up to ``limit`` bytes (a longer body is refused, not read whole)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise DemoRequestError("The request body must be JSON (Content-Type: application/json).", 415)
+    declared = request.headers.get("content-length", "")
+    too_large = DemoRequestError(f"The request body is over the {limit // 1024} KB limit.", 413)
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise too_large
+    try:
+        return json.loads(bytes(raw))
+    except RecursionError:
+        raise DemoRequestError("The request body is nested too deeply.") from None
+    except ValueError:  # malformed JSON, bad UTF-8, or a number too long to convert
+        raise DemoRequestError("The request body must be JSON.") from None
+
 
 def install_demo_routes(
     app: FastAPI,
@@ -65,6 +110,7 @@ def install_demo_routes(
     get_client: Callable[[], ModelClient] | None = None,
     *,
     move_to_front: bool = True,
+    node_modules: Path = NODE_MODULES,
 ) -> None:
     """Register the demo routes on ``app`` ahead of every route already there.
 
@@ -87,17 +133,35 @@ def install_demo_routes(
         return FileResponse(DEMO_DIR / name, media_type=media_type, headers={"Cache-Control": "no-cache"})
 
     async def info() -> Response:
-        return JSONResponse(await model_info(resolve_client(), settings))
+        data = await model_info(resolve_client(), settings)
+        data["browser_engine"] = find_browser_engine(settings, node_modules).info(settings.context_window)
+        return JSONResponse(data)
 
-    async def stream(request: Request) -> Response:
+    async def prompt(request: Request) -> Response:
+        """The in-browser engine's request: what the server would send its model, and nothing more."""
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             return JSONResponse({"error": "The request body must be JSON."}, status_code=400)
+        if isinstance(body, dict):
+            body = {**body, "role": "small"}  # the prompt is the same for every role; generation is the page's
         try:
             demo_request = parse_demo_request(body, settings)
         except DemoRequestError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
+        prepared = await get_pipeline().prepare(
+            demo_request["prompt"],
+            options=demo_request["options"],
+            reference_text=demo_request["reference_text"],
+        )
+        return JSONResponse(prompt_payload(prepared))
+
+    async def stream(request: Request) -> Response:
+        try:
+            body = await read_json_body(request, MAX_BODY_BYTES)
+            demo_request = parse_demo_request(body, settings)
+        except DemoRequestError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
         pipeline = get_pipeline()
         events = pipeline.run(
             demo_request["prompt"],
@@ -113,6 +177,8 @@ def install_demo_routes(
     app.add_api_route("/demo/static/{name}", static_file, methods=["GET"], include_in_schema=False)
     app.add_api_route("/demo/api/info", info, methods=["GET"], include_in_schema=False)
     app.add_api_route("/demo/api/stream", stream, methods=["POST"], include_in_schema=False)
+    app.add_api_route("/demo/api/prompt", prompt, methods=["POST"], include_in_schema=False)
+    install_browser_engine_routes(app, settings, node_modules)
 
     if move_to_front:
         new_routes = app.router.routes[first_new:]
@@ -130,7 +196,7 @@ def parse_demo_request(body: Any, settings) -> dict:
     if len(prompt) > MAX_PROMPT_CHARS:
         raise DemoRequestError(f"The prompt is too long ({len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}).")
     role = body.get("role", "small")
-    if role not in ROLE_MODES:
+    if not isinstance(role, str) or role not in ROLE_MODES:
         raise DemoRequestError("The model must be 'small' or 'large'.")
     reference_text = body.get("reference_text") or ""
     if not isinstance(reference_text, str):
@@ -162,7 +228,7 @@ def _number(value: Any, label: str) -> float:
         raise DemoRequestError(f"{label} must be a number.")
     try:
         return float(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise DemoRequestError(f"{label} must be a number.") from None
 
 
@@ -263,6 +329,17 @@ def event_payload(event) -> tuple[str, dict] | None:
     if isinstance(event, TurnFinished):
         return "done", done_payload(event)
     return None
+
+
+def prompt_payload(prepared) -> dict:
+    """A :class:`~assistant.pipeline.PreparedPrompt` as JSON: the stream's ``sources`` and ``prompt`` events,
+    any notices, and the chat messages for the page's engine to apply the model's chat template to."""
+    return {
+        "sources": event_payload(prepared.sources)[1],
+        "prompt": event_payload(prepared.prompt)[1],
+        "notices": [event_payload(notice)[1] for notice in prepared.notices],
+        "messages": prepared.messages,
+    }
 
 
 def done_payload(finished: TurnFinished) -> dict:

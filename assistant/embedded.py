@@ -64,8 +64,10 @@ def free_port() -> int:
 class EmbeddedModelServer:
     small_model_path: Path
     large_model_path: Path | None = None
-    threads: int = 1
+    threads: int = 1  # decoding: one thread is fastest for a 135M model (benchmarks/embedded_threads.py)
+    batch_threads: int = 1  # prompt reading: a second thread loses more on a busy CPU than it gains on an idle one
     context: int = 2048
+    prompt_cache_mb: int = 512  # 0: no prompt cache
     port: int = field(default_factory=free_port)
     log_path: Path | None = None
     process: subprocess.Popen | None = None
@@ -77,7 +79,8 @@ class EmbeddedModelServer:
         for path in (small, large):
             if path is not None and not path.is_file():
                 raise EmbeddedModelError(f"Model file not found: {path}")
-        return cls(small, large, threads=settings.embedded_threads, context=settings.embedded_context)
+        return cls(small, large, threads=settings.embedded_threads, context=settings.embedded_context,
+                   batch_threads=settings.embedded_batch_threads, prompt_cache_mb=settings.embedded_prompt_cache_mb)
 
     @property
     def base_url(self) -> str:
@@ -91,15 +94,24 @@ class EmbeddedModelServer:
     def large_name(self) -> str:
         return model_name(self.large_model_path) if self.large_model_path else self.small_name
 
+    def model_options(self) -> dict:
+        """llama.cpp settings of each served model (the same for both roles)."""
+        options = {"n_threads": self.threads, "n_threads_batch": self.batch_threads, "n_ctx": self.context}
+        if self.prompt_cache_mb > 0:
+            # Keeps the state after each answer; a later prompt that starts the same way (instructions, earlier
+            # turns: see rag.prompt) resumes from the longest matching one instead of reading it all again.
+            options.update(cache=True, cache_type="ram", cache_size=self.prompt_cache_mb * 1024 * 1024)
+        return options
+
     def command(self) -> list[str]:
         common = ["--host", "127.0.0.1", "--port", str(self.port)]
+        options = [part for name, value in self.model_options().items() for part in (f"--{name}", str(value))]
         if self.large_model_path is None:
             return [
                 sys.executable, "-m", "llama_cpp.server",
                 "--model", str(self.small_model_path),
                 "--model_alias", self.small_name,
-                "--n_threads", str(self.threads),
-                "--n_ctx", str(self.context),
+                *options,
                 # Two requests in flight (two roles, two users) must not cut each other short.
                 "--interrupt_requests", "False",
                 *common,
@@ -109,7 +121,7 @@ class EmbeddedModelServer:
             "port": self.port,
             "interrupt_requests": False,
             "models": [
-                {"model": str(path), "model_alias": model_name(path), "n_threads": self.threads, "n_ctx": self.context}
+                {"model": str(path), "model_alias": model_name(path), **self.model_options()}
                 for path in (self.small_model_path, self.large_model_path)
             ],
         }

@@ -1,6 +1,6 @@
 """The events one turn of the pipeline yields, in order. Front ends render these and nothing else.
 
-A turn yields: ``SourcesFound`` -> ``PromptBuilt`` -> ``AnswerStarted`` -> ``Token``... ->
+A turn yields: ``SourcesFound`` -> ``PromptBuilt`` -> ``Queued``* -> ``AnswerStarted`` -> ``Token``... ->
 (``Escalated`` -> ``AnswerStarted`` -> ``Token``...)? -> ``Notice``* -> ``TurnFinished``.
 A reasoning model's leg streams ``Thinking``... then ``ThinkingFinished`` before its first ``Token``
 (thinking is never part of the answer text).
@@ -40,6 +40,16 @@ class AnswerStarted:
 
 
 @dataclass
+class Queued:
+    """The model server is busy: this leg waits for a slot (repeated while it waits, about every second)."""
+
+    role: str
+    position: int  # 1 = next
+    waiting: int  # legs waiting, this one included
+    expected_wait_s: float | None  # None until the server has finished a request to estimate from
+
+
+@dataclass
 class Token:
     text: str
     role: str
@@ -72,7 +82,7 @@ class Escalated:
     purpose: str = "answer"  # "answer", or "refine": the large model works on the draft
 
 
-__all__ = ["SourcesFound", "PromptBuilt", "AnswerStarted", "Token", "Escalated", "Notice", "TurnFinished", "TurnRecord"]
+__all__ = ["SourcesFound", "PromptBuilt", "Queued", "AnswerStarted", "Token", "Escalated", "Notice", "TurnFinished", "TurnRecord"]
 
 
 @dataclass

@@ -30,11 +30,12 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Sequence
 
 from assistant.events import (
-    AnswerStarted, Escalated, Notice, PromptBuilt, SourcesFound, Thinking, ThinkingFinished, Token, TurnFinished,
+    AnswerStarted, Escalated, Notice, PromptBuilt, Queued, SourcesFound, Thinking, ThinkingFinished, Token, TurnFinished,
 )
 from assistant.record import TurnRecord
 from rag.citations import resolve_citations
-from rag.index import Retriever, asearch_many, fuse_rankings
+from rag.followup import retrieval_query
+from rag.index import Retriever
 from rag.prompt import GroundedPrompt, build_grounded_messages, reference_text_sources
 from rag.tokens import count_message_tokens
 from rag.types import ScoredChunk
@@ -57,10 +58,21 @@ MIN_REFINE_TOKENS = 64  # less room than this for the refined answer: the draft 
 class Retrieval:
     """What the retrieval stage found."""
 
-    shown: list[ScoredChunk]  # reference chunks, then the fused retrieved chunks (what the user sees)
+    query: str  # what was searched: the question, or with an earlier question's key terms for a follow-up
+    shown: list[ScoredChunk]  # reference chunks, then the retrieved chunks (what the user sees)
     supporting: list[ScoredChunk]  # those that count as support: they go into the prompt
     supported: bool
     retrieval_ms: float
+    notices: list[Notice] = field(default_factory=list)
+
+
+@dataclass
+class PreparedPrompt:
+    """Stages 1 and 2 of a turn (see :meth:`Pipeline.prepare`): what a model would be sent."""
+
+    sources: SourcesFound
+    prompt: PromptBuilt
+    messages: list[dict]  # OpenAI chat messages: system, history..., user
     notices: list[Notice] = field(default_factory=list)
 
 
@@ -94,14 +106,14 @@ class Pipeline:
         *,
         history: Sequence[dict] = (),
         options: RoutingOptions | None = None,
-        documents: Retriever | Sequence[Retriever] | None = None,
+        documents: Retriever | None = None,
         reference_text: str | None = None,
         retrieve: bool | None = None,
     ) -> AsyncIterator[object]:
         """Yield the events of one turn (see :mod:`assistant.events` for their order).
 
-        ``documents``: the user's uploads (one retriever, e.g. a DocumentSet, or a list), searched
-        with the knowledge base and merged by rank fusion (each chunk keeps its own BM25 score).
+        ``documents``: the conversation's DocumentSet, whose search covers the shared knowledge base and
+        the conversation's uploads in one scoped search (without it, the knowledge base alone is searched).
         ``reference_text``: pasted text whose chunks are sources [1].. in reading order; with it,
         retrieval runs only if ``retrieve=True`` (default: retrieve when there is no reference text).
         Only sources that count as support go into the prompt.
@@ -111,11 +123,11 @@ class Pipeline:
         metrics = TurnMetrics()
 
         found = await self.retrieve(
-            question, options, documents=documents, reference_text=reference_text,
+            question, options, history=history, documents=documents, reference_text=reference_text,
             retrieve=retrieve if retrieve is not None else not reference_text,
         )
         metrics.retrieval_ms = found.retrieval_ms
-        yield SourcesFound(query=question, sources=found.shown, retrieval_ms=found.retrieval_ms, supported=found.supported)
+        yield SourcesFound(query=found.query, sources=found.shown, retrieval_ms=found.retrieval_ms, supported=found.supported)
 
         t0 = time.perf_counter()
         prompt = self.build_prompt(question, found.supporting, history, options)
@@ -165,42 +177,63 @@ class Pipeline:
         yield TurnFinished(self._record(messages[-1]["content"] if messages else "", [], decision, [leg], metrics,
                                         notices, supported=False, sources_found=0, prices={role: price}))
 
+    async def prepare(
+        self,
+        question: str,
+        *,
+        history: Sequence[dict] = (),
+        options: RoutingOptions | None = None,
+        documents: Retriever | None = None,
+        reference_text: str | None = None,
+        retrieve: bool | None = None,
+    ) -> PreparedPrompt:
+        """Stages 1 and 2 of :meth:`run` only, the same code: the sources and the grounded prompt, no model
+        call. For a front end that generates elsewhere (the demo page's in-browser engine)."""
+        options = options or RoutingOptions.from_settings(self.settings)
+        found = await self.retrieve(
+            question, options, history=history, documents=documents, reference_text=reference_text,
+            retrieve=retrieve if retrieve is not None else not reference_text,
+        )
+        t0 = time.perf_counter()
+        prompt = self.build_prompt(question, found.supporting, history, options)
+        prompt_ms = (time.perf_counter() - t0) * 1000
+        return PreparedPrompt(
+            sources=SourcesFound(query=found.query, sources=found.shown, retrieval_ms=found.retrieval_ms,
+                                 supported=found.supported),
+            prompt=PromptBuilt(sources_used=prompt.sources_used, prompt_tokens=prompt.prompt_tokens, prompt_ms=prompt_ms),
+            messages=prompt.messages,
+            notices=list(found.notices),
+        )
+
     # ------------------------------------------------------------------------------ stage 1: sources
     async def retrieve(
         self,
         question: str,
         options: RoutingOptions,
         *,
-        documents: Retriever | Sequence[Retriever] | None,
+        history: Sequence[dict] = (),
+        documents: Retriever | None,
         reference_text: str | None,
         retrieve: bool,
     ) -> Retrieval:
+        """One scoped search: a conversation's DocumentSet searches the shared knowledge and its own uploads
+        together, on one set of collection statistics, so every score is on the same scale (without one, the
+        knowledge base alone is searched). The query is the question, with the earlier question's key terms
+        when it refers back to it (:func:`rag.followup.retrieval_query`)."""
         t0 = time.perf_counter()
-        if documents is None:
-            documents = []
-        elif hasattr(documents, "search"):  # one retriever (a DocumentSet) rather than a list of them
-            documents = [documents]
+        retriever = documents if documents is not None else self.knowledge
+        query = retrieval_query(question, history) if retrieve else question
         notices: list[Notice] = []
-        upload_hits: list[ScoredChunk] = []
-        knowledge_hits: list[ScoredChunk] = []
-        if retrieve:
+        retrieved: list[ScoredChunk] = []
+        if retrieve and retriever is not None:
             try:
-                if documents:
-                    upload_hits = await asearch_many(documents, question, self.settings.top_k)
-                if self.knowledge is not None:
-                    knowledge_hits = await asearch_many([self.knowledge], question, self.settings.top_k)
+                retrieved = await asyncio.to_thread(retriever.search, query, self.settings.top_k)
             except Exception as exc:  # a broken index must not lose the turn: answer without sources
                 notices.append(Notice("warning", f"The document search failed ({exc}); answering without sources."))
-        # The conversation's documents first: the fusion gives ties to the list given first.
-        retrieved = fuse_rankings([upload_hits, knowledge_hits], self.settings.top_k)
         reference = reference_text_sources(reference_text, self.settings.chunk_tokens) if reference_text else []
-        # The score floor is calibrated on the shared knowledge base. A conversation's uploads form a tiny
-        # collection whose BM25 scores run far lower (idf from a handful of chunks), and the user chose them
-        # for this conversation: any match of the question's terms counts as support there.
-        counts = {id(s) for s in upload_hits if s.score > 0}
-        counts |= {id(s) for s in knowledge_hits if s.score >= options.min_source_score}
-        supporting = reference + [s for s in retrieved if id(s) in counts]
+        supporting = reference + [s for s in retrieved if s.score >= options.min_source_score]
         return Retrieval(
+            query=query,
             shown=reference + retrieved,
             supporting=supporting,
             supported=bool(supporting),
@@ -313,8 +346,14 @@ class Pipeline:
             reasoning_effort=(options.reasoning_effort or None) if large else None,
         )
         leg.response = stream.response
+        # Wait for a slot of the model server here, not inside it: the wait is visible, a stopped turn leaves
+        # the line without reaching the server, and the first-token limit starts when the request is sent.
+        ticket = self.client.queue.ticket()
         thinking_open = False
         try:
+            async for status in ticket.wait(update_every_s=1.0):
+                yield Queued(role=leg.role, position=status.position, waiting=status.waiting,
+                             expected_wait_s=status.expected_wait_s)
             async with stream:
                 yield AnswerStarted(role=leg.role, alias=leg.alias, model=stream.response.model, purpose=leg.purpose)
                 async for kind, text in stream.parts():
@@ -337,6 +376,8 @@ class Pipeline:
                 leg.response = exc.partial
             if leg.response.error is None:
                 leg.response.error = str(exc)
+        finally:
+            ticket.release()
         if thinking_open:
             yield _thinking_finished(leg, answered=False)
         response = leg.response
@@ -364,7 +405,8 @@ class Pipeline:
         answering = next((leg for leg in reversed(legs) if leg.outcome == "answered"), legs[0] if legs else None)
         response = answering.response if answering else None
         text = response.text if response else ""
-        answered_by = response.model if response and text else None
+        # Only a finished answer is "answered by" a model; a cut-short one is the model's partial text.
+        answered_by = response.model if response and text and answering.outcome != "failed" else None
         metrics.answered_by = answered_by
         metrics.escalation_reason = decision.reason if decision.escalated else None
         metrics.confidence = decision.confidence

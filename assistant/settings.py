@@ -51,7 +51,18 @@ class Settings(BaseSettings):
         default=120.0, gt=0, description="Seconds to wait for the server to start answering."
     )
     stream_idle_timeout_s: float = Field(
-        default=60.0, gt=0, description="Seconds of silence in a running stream before it counts as dead."
+        default=60.0, gt=0, description="Seconds without a new token in a running stream before it counts as dead."
+    )
+    stream_silence_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="Seconds without any byte (no token, no keep-alive) once a stream has started before it counts "
+        "as stuck. llama.cpp sends a keep-alive every 15 s.",
+    )
+    server_concurrency: int = Field(
+        default=1, ge=1, le=256,
+        description="Requests sent to the model server at once; the rest wait in the app's queue, in order. "
+        "1 suits llama.cpp's Python server and Foundry Local on a CPU; raise it for servers that batch (vLLM, "
+        "llama-server with --parallel N, Ollama with OLLAMA_NUM_PARALLEL).",
     )
 
     # --- embedded fallback model (llama.cpp + SmolLM2) ----------------------------------------
@@ -67,7 +78,17 @@ class Settings(BaseSettings):
     embedded_active: bool = Field(default=False, description="Set by the launcher when the embedded model serves.")
     configured_endpoint: str = Field(default="", description="Set by the launcher: the endpoint that did not answer.")
     discovery: str = Field(default="", description="Set by the launcher: how the model server was found.")
-    embedded_threads: int = Field(default=1, ge=1, description="CPU threads for the embedded model.")
+    embedded_threads: int = Field(default=1, ge=1, description="CPU threads for the embedded model's decoding.")
+    embedded_batch_threads: int = Field(
+        default=1, ge=1,
+        description="CPU threads for the embedded model's prompt reading. One: on a busy 2-core machine a second "
+        "thread made prompt reading 55 % slower (benchmarks/embedded_threads.py); idle, it gained 10-20 %.",
+    )
+    embedded_prompt_cache_mb: int = Field(
+        default=512, ge=0,
+        description="RAM for the embedded server's prompt cache (states of earlier prompts, so a follow-up reads only "
+        "its new tokens); 0 turns it off.",
+    )
     embedded_context: int = Field(default=2048, ge=256, description="Context window of the embedded model.")
 
     # --- conversation -------------------------------------------------------------------------
@@ -112,6 +133,16 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=PROJECT_ROOT / ".data", description="Chat database, stored files, uploads.")
     auth_password: str = Field(default="", description="When set, users log in with a password instead of header auth.")
     local_user: str = Field(default="local", description="User name for single-user (header) auth.")
+    users_file: Path | None = Field(
+        default=None, description="Password accounts for a shared server (python -m assistant.accounts add NAME)."
+    )
+    session_hours: float = Field(default=12.0, gt=0, le=24 * 90, description="How long a login lasts.")
+    allowed_hosts: str = Field(
+        default="", description="Host names the app answers to besides loopback and its bind address (comma-separated)."
+    )
+    allowed_origins: str = Field(
+        default="", description="Web origins besides the app's own that may use it, e.g. https://intranet.example.com."
+    )
 
     @field_validator("model_endpoint")
     @classmethod

@@ -9,7 +9,10 @@ temporary app root, opens it in headless chromium, and for each question records
   in a MutationObserver);
 * server TTFT: the model call's own time from request to first token, as the app's client measured
   it (the metrics the app stores for the conversation);
-* the difference: retrieval, prompt building, websocket and rendering.
+* the difference, split in three: in the browser before the question leaves on the websocket; from
+  there to the first token arriving back on the websocket, minus the model's own TTFT (the app
+  server: Chainlit, retrieval, prompt, streaming); and from that frame to text in the page (rendering);
+* turn 1 vs turn 3 of the conversation: the model's TTFT with the earlier turns reused from its cache.
 
 Also prints the app's start time (process start to /health, and to the welcome message in the page).
 Routing is pinned to the small model so each answer is one model call.
@@ -26,7 +29,10 @@ from pathlib import Path
 
 from assistant.embedded import EMBEDDED_TOP_K, EmbeddedModelServer, default_model_path
 from routing.metrics import percentile
-from benchmarks.harness import CHROMIUM, CHROMIUM_ARGS, FINISHED_ANSWER, AppServer, make_app_root
+from benchmarks.harness import ASSISTANT, CHROMIUM, CHROMIUM_ARGS, AppServer, make_app_root
+
+# An answer that has ended shows one of these footers.
+FINISHED_ANSWER = ", ".join(f'{ASSISTANT}:has-text("{footer}")' for footer in ("Answered by", "No model answered", "Cut short"))
 
 QUESTIONS = [
     "What is the internal code name of the assistant?",
@@ -39,11 +45,42 @@ QUESTIONS = [
     "How do I point the app at Foundry Local?",
 ]
 
+# Timestamps of the question leaving on the websocket and of the answer's first frame coming back.
+WEBSOCKET_CLOCK = """
+(() => {
+  const Native = window.WebSocket;
+  function Clocked(...args) {
+    const ws = new Native(...args);
+    const send = ws.send.bind(ws);
+    ws.send = (data) => {
+      if (typeof data === 'string' && data.includes('"client_message"') && window.__wsSentAt === null) {
+        window.__wsSentAt = performance.now();
+      }
+      return send(data);
+    };
+    ws.addEventListener('message', (event) => {
+      if (window.__wsSentAt !== null && window.__wsFirstToken === null && typeof event.data === 'string'
+          && event.data.includes('"stream_start"')) {
+        window.__wsFirstToken = performance.now();
+      }
+    });
+    return ws;
+  }
+  Clocked.prototype = Native.prototype;
+  for (const key of ['CONNECTING', 'OPEN', 'CLOSING', 'CLOSED']) Clocked[key] = Native[key];
+  window.WebSocket = Clocked;
+  window.__wsSentAt = null;
+  window.__wsFirstToken = null;
+})();
+"""
+
 OBSERVER = """
 (before) => {
   if (window.__observer) window.__observer.disconnect();
   window.__firstText = null;
   window.__sentAt = null;
+  window.__wsSentAt = null;
+  window.__wsFirstToken = null;
   const obs = new MutationObserver(() => {
     const answers = document.querySelectorAll('[data-step-type="assistant_message"]');
     if (window.__sentAt !== null && window.__firstText === null && answers.length > before) {
@@ -72,6 +109,7 @@ def run(endpoint: str, small: str, large: str, questions: list[str], top_k: int)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page()
+            page.add_init_script(WEBSOCKET_CLOCK)
             page.goto(app.url)
             page.get_by_text("Answers come from your documents").first.wait_for(timeout=60_000)
             welcome_s = time.perf_counter() - started
@@ -89,6 +127,7 @@ def run(endpoint: str, small: str, large: str, questions: list[str], top_k: int)
                         raise TimeoutError(f"no answer to {question!r}")
                     time.sleep(0.05)
                 browser_ttft = page.evaluate("window.__firstText - window.__sentAt")
+                clock = page.evaluate("[window.__sentAt, window.__wsSentAt, window.__wsFirstToken, window.__firstText]")
                 thread = page.url.rsplit("/", 1)[-1]
                 state = json.loads((app.data_dir / "conversations" / f"{thread}.json").read_text())
                 turn = state["metrics"]["turns"][-1]
@@ -100,6 +139,9 @@ def run(endpoint: str, small: str, large: str, questions: list[str], top_k: int)
                     "retrieval_ms": turn["retrieval_ms"],
                     "prompt_ms": turn["prompt_ms"],
                     "prompt_tokens": leg["prompt_tokens"],
+                    "before_send_ms": clock[1] - clock[0] if None not in clock else None,
+                    "websocket_round_ms": clock[2] - clock[1] if None not in clock else None,
+                    "render_ms": clock[3] - clock[2] if None not in clock else None,
                 })
             browser.close()
     finally:
@@ -136,6 +178,20 @@ def main(argv: list[str] | None = None) -> int:
           f"{statistics.median(added):>6.0f} ms")
     print(f"{'p95':48} {percentile(browser_ms, 95):>10.0f} ms {percentile(server_ms, 95):>9.0f} ms "
           f"{percentile(added, 95):>6.0f} ms")
+    split = [r for r in result["rows"] if r["before_send_ms"] is not None]
+    if split:
+        before = [r["before_send_ms"] for r in split]
+        app_server = [r["websocket_round_ms"] - r["server_ttft_ms"] for r in split]
+        render = [r["render_ms"] for r in split]
+        print("where the app's time goes (median / p95): "
+              f"browser before sending {statistics.median(before):.0f} / {percentile(before, 95):.0f} ms; "
+              f"app server and websocket {statistics.median(app_server):.0f} / {percentile(app_server, 95):.0f} ms; "
+              f"browser rendering the first token {statistics.median(render):.0f} / {percentile(render, 95):.0f} ms")
+    rows = result["rows"]
+    if len(rows) >= 3:
+        print(f"turn 1 vs turn 3 (model TTFT): {rows[0]['server_ttft_ms']:.0f} ms ({rows[0]['prompt_tokens']}~ prompt "
+              f"tokens) vs {rows[2]['server_ttft_ms']:.0f} ms ({rows[2]['prompt_tokens']}~ prompt tokens, earlier turns "
+              "included); see benchmarks/prompt_cache.py for the cache on/off comparison")
     return 0
 
 

@@ -37,3 +37,22 @@ def pdf_bytes(pages: list[str]) -> bytes:
         out.write(f"{offset:010d} 00000 n \n".encode())
     out.write(f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode())
     return out.getvalue()
+
+
+def docx_bytes(title: str, sections: list[tuple[str, list[str]]], table: list[list[str]] | None = None) -> bytes:
+    import docx
+
+    document = docx.Document()
+    document.add_heading(title, level=0)
+    for heading, paragraphs in sections:
+        document.add_heading(heading, level=1)
+        for paragraph in paragraphs:
+            document.add_paragraph(paragraph)
+    if table:
+        grid = document.add_table(rows=len(table), cols=len(table[0]))
+        for row_index, row in enumerate(table):
+            for column, value in enumerate(row):
+                grid.cell(row_index, column).text = value
+    out = io.BytesIO()
+    document.save(out)
+    return out.getvalue()

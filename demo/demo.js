@@ -1,10 +1,13 @@
-// The demo page: streams one answer from the app's /demo/api/stream (server-sent events over a POST),
-// times it in the browser and charts the last requests of each model. No libraries, no build step.
+// The demo page: streams one answer from the app's /demo/api/stream (server-sent events over a POST), or
+// generates it in this browser from the prompt the app builds (/demo/api/prompt + engine.js), times it here
+// and charts the last requests of each engine. No libraries, no build step.
 "use strict";
 
 (() => {
   const HISTORY = 10;
-  const ROLES = ["small", "large"];
+  const ROLES = ["small", "large", "browser"];
+  const SERVER_ROLES = ["small", "large"];
+  const ROLE_LABELS = { small: "small", large: "large", browser: "in this browser" };
   const SVG_NS = "http://www.w3.org/2000/svg";
 
   const $ = (id) => document.getElementById(id);
@@ -28,9 +31,17 @@
     inferenceHost: $("inference-host"),
     webgpuFact: $("webgpu-fact"),
     webgpuStatus: $("webgpu-status"),
+    inferenceNote: $("inference-note"),
+    engineFact: $("engine-fact"),
+    engineStatus: $("engine-status"),
+    enginePanel: $("engine-panel"),
+    engineNote: $("engine-note"),
+    engineProgress: $("engine-progress"),
+    roleBrowser: $("role-browser"),
     runsBody: document.querySelector("#runs-table tbody"),
     metric: {
       ttft: $("m-ttft"),
+      load: $("m-load"),
       total: $("m-total"),
       tokens: $("m-tokens"),
       rate: $("m-rate"),
@@ -39,10 +50,13 @@
     },
   };
 
-  const modelNames = { small: null, large: null };
-  const runs = []; // finished requests, oldest first: {n, role, model, ttft, total, tokens, rate, result}
+  const modelNames = { small: null, large: null, browser: null };
+  const runs = []; // finished requests, oldest first: {n, role, model, question, ttft, total, tokens, rate, result}
+  const questions = new Map(); // prompt + reference text -> Q1, Q2…: the same question on different engines
   let runCounter = 0;
   let controller = null;
+  // The in-browser engine: info from the server, then one load (a promise) shared by every request.
+  const browserEngine = { info: null, loading: null, engine: null };
 
   // ------------------------------------------------------------------------------ formatting
   function fmtMs(ms) {
@@ -59,6 +73,10 @@
 
   function fmtRate(rate) {
     return rate === null || rate === undefined ? "–" : rate.toFixed(1);
+  }
+
+  function fmtBytes(bytes) {
+    return bytes >= 1e6 ? `${(bytes / 1e6).toFixed(bytes >= 1e8 ? 0 : 1)} MB` : `${Math.round(bytes / 1e3)} kB`;
   }
 
   function median(values) {
@@ -80,6 +98,7 @@
     p.dataset.level = level;
     p.textContent = message;
     els.notices.appendChild(p);
+    return p;
   }
 
   function setBusy(busy) {
@@ -103,6 +122,12 @@
     return checked ? checked.value : "small";
   }
 
+  function questionLabel(prompt, reference) {
+    const key = `${prompt.trim()}\u0000${reference.trim()}`;
+    if (!questions.has(key)) questions.set(key, `Q${questions.size + 1}`);
+    return questions.get(key);
+  }
+
   // ------------------------------------------------------------------------------ server info
   async function loadInfo() {
     let info;
@@ -118,7 +143,7 @@
     els.endpointHost.textContent = info.endpoint_host + (info.embedded ? " (bundled llama.cpp model)" : "");
     els.inferenceHost.textContent = ` at ${info.endpoint_host}`;
     let reported = false;
-    for (const role of ROLES) {
+    for (const role of SERVER_ROLES) {
       const entry = info.roles[role];
       modelNames[role] = entry.model;
       const label = entry.model || `${entry.alias} (unavailable)`;
@@ -135,6 +160,7 @@
       els.maxTokens.value = info.defaults.max_tokens;
     }
     if (info.max_tokens_limit) els.maxTokens.max = info.max_tokens_limit;
+    showEngineInfo(info.browser_engine);
   }
 
   async function detectWebGPU() {
@@ -153,8 +179,94 @@
     }
     fact.dataset.webgpu = adapter ? "yes" : "no-adapter";
     els.webgpuStatus.textContent = adapter
-      ? "available in this browser (not used)"
-      : "exposed, but no GPU adapter (not used)";
+      ? "available in this browser (the in-browser engine uses it)"
+      : "exposed, but no GPU adapter (the in-browser engine uses the CPU)";
+  }
+
+  // ------------------------------------------------------------------------------ in-browser engine
+  function setEngineState(state, headline, note) {
+    els.enginePanel.dataset.state = state;
+    els.engineFact.dataset.engine = state;
+    els.engineStatus.textContent = headline;
+    if (note !== undefined) els.engineNote.textContent = note;
+  }
+
+  function showEngineInfo(engineInfo) {
+    browserEngine.info = engineInfo || null;
+    if (!engineInfo || !engineInfo.available) {
+      const why = engineInfo && engineInfo.problems.length
+        ? engineInfo.problems.join(" ")
+        : "In-browser mode is unavailable: this app's server did not offer it.";
+      els.roleBrowser.disabled = true;
+      $("model-browser").textContent = "unavailable";
+      $("chart-name-browser").textContent = "unavailable";
+      els.enginePanel.hidden = false;
+      setEngineState("unavailable", "unavailable", why);
+      return;
+    }
+    const label = `${engineInfo.model.name} · ${fmtBytes(engineInfo.model.bytes)}`;
+    modelNames.browser = engineInfo.model.name;
+    $("model-browser").textContent = label;
+    $("chart-name-browser").textContent = engineInfo.model.name;
+    setEngineState("idle", "not loaded yet",
+      `Choose "In this browser" to load ${engineInfo.model.name} (${fmtBytes(engineInfo.model.bytes)}) into this page.`);
+    if (selectedRole() === "browser") ensureEngine().catch(() => {});
+  }
+
+  function showLoadProgress({ phase, loaded, total, cached }) {
+    els.enginePanel.hidden = false;
+    if (phase === "download") {
+      els.engineProgress.max = 1;
+      els.engineProgress.value = total ? loaded / total : 0;
+      const pct = total ? Math.floor((100 * loaded) / total) : 0;
+      setEngineState("loading", `loading ${pct} %`,
+        `Downloading the model from this app: ${fmtBytes(loaded)} of ${fmtBytes(total)}. It stays in this browser's cache for the next visit.`);
+    } else {
+      els.engineProgress.removeAttribute("value"); // indeterminate while the runtime reads the model
+      setEngineState("loading", "starting",
+        (cached ? "Read the model from this browser's cache. " : "Downloaded. ") + "Starting the runtime…");
+    }
+  }
+
+  // Load the runtime and the model once; every request waits on the same promise. A failed load may be retried.
+  function ensureEngine() {
+    const info = browserEngine.info;
+    if (!info || !info.available) {
+      return Promise.reject(new Error(els.engineNote.textContent || "In-browser mode is unavailable."));
+    }
+    if (browserEngine.loading) return browserEngine.loading;
+    els.enginePanel.hidden = false;
+    els.engineProgress.max = 1;
+    els.engineProgress.value = 0;
+    setEngineState("loading", "loading", `Loading the runtime (${info.runtime.package} ${info.runtime.version})…`);
+    browserEngine.loading = import("/demo/static/engine.js")
+      .then((module) => module.loadEngine(info, showLoadProgress))
+      .then((engine) => {
+        browserEngine.engine = engine;
+        Object.assign(els.enginePanel.dataset, { loadMs: engine.load.loadMs, cached: engine.load.cached, threads: engine.backend.threads });
+        const where = engine.load.cached ? "from this browser's cache" : `first visit: downloaded ${fmtBytes(info.model.bytes)}`;
+        setEngineState("ready", engine.backend.webgpu ? "ready · WebGPU" : `ready · WebAssembly, ${engine.backend.threads} thread${engine.backend.threads > 1 ? "s" : ""}`,
+          `Ready: ${engine.load.modelName} runs here on ${engine.description}. Loaded in ${fmtMs(engine.load.loadMs)} (${where}).`);
+        els.metric.load.textContent = fmtMs(engine.load.loadMs);
+        return engine;
+      })
+      .catch((err) => {
+        browserEngine.loading = null;
+        setEngineState("error", "failed to load", `The model could not be loaded in this browser: ${err.message || err}`);
+        throw err;
+      });
+    return browserEngine.loading;
+  }
+
+  function showRoleNote() {
+    const role = selectedRole();
+    els.inferenceNote.dataset.engine = role === "browser" ? "browser" : "server";
+    if (role === "browser") {
+      els.enginePanel.hidden = false;
+      ensureEngine().catch(() => {});
+    } else if (els.enginePanel.dataset.state !== "unavailable") {
+      els.enginePanel.hidden = els.enginePanel.dataset.state === "idle";
+    }
   }
 
   // ------------------------------------------------------------------------------ streaming
@@ -208,14 +320,19 @@
       }
       case "started": {
         run.model = data.model;
-        els.meta.textContent = `${data.model} (${data.role} model) is answering from ${run.sourcesNote || "the prompt"}.`;
-        setStatus("streaming", "Streaming");
+        run.answeringNote = data.role === "browser"
+          ? `${data.model} is answering in this browser (${data.backend}) from ${run.sourcesNote || "the prompt"}.`
+          : `${data.model} (${data.role} model) is answering from ${run.sourcesNote || "the prompt"}.`;
+        els.meta.textContent = run.answeringNote;
+        setStatus("waiting", "Waiting for the first token");
         break;
       }
       case "token": {
         if (run.ttft === null) {
           run.ttft = now - run.t0;
           els.metric.ttft.textContent = fmtMs(run.ttft);
+          els.meta.textContent = run.answeringNote || els.meta.textContent;
+          setStatus("streaming", "Streaming");
         }
         run.tokens += 1;
         els.output.append(data.text);
@@ -273,6 +390,8 @@
       n: ++runCounter,
       role,
       model: modelNames[role],
+      question: questionLabel(els.prompt.value, els.reference.value),
+      prompt: els.prompt.value.trim(),
       t0: performance.now(),
       ttft: null,
       total: null,
@@ -290,47 +409,141 @@
       max_tokens: Number(els.maxTokens.value),
     };
     controller = new AbortController();
+    const signal = controller.signal;
     setBusy(true);
     setStatus("waiting", "Waiting");
-    els.meta.textContent = `Sending to the ${role} model…`;
+    els.meta.textContent = role === "browser" ? "Asking this app for the sources and the prompt…" : `Sending to the ${role} model…`;
     try {
-      const response = await fetch("/demo/api/stream", {
-        method: "POST",
-        headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
-        body: JSON.stringify(payload),
-        signal: controller.signal,
-      });
-      if (!response.ok) {
-        run.result = "rejected";
-        addNotice("error", await errorMessage(response));
-        setStatus("error", "Not sent");
-        els.meta.textContent = "The app did not start this request.";
-        return;
-      }
-      await readEvents(response.body, (name, data) => handleEvent(run, name, data));
-      if (!run.finished) {
-        run.result = "error";
-        addNotice("error", "The stream ended before the answer was finished (the app's server closed it).");
-      }
+      if (role === "browser") await answerInBrowser(run, payload, signal);
+      else await answerOnServer(run, payload, signal);
     } catch (err) {
       if (err.name === "AbortError") {
         run.result = "stopped";
         run.total = performance.now() - run.t0;
         els.metric.total.textContent = fmtMs(run.total);
-        addNotice(
-          "warning",
-          `Stopped after ${run.tokens} token${run.tokens === 1 ? "" : "s"} and ${fmtMs(run.total)}. ` +
-            "The app cancelled the request to the model server."
-        );
+        const tokens = `${run.tokens} token${run.tokens === 1 ? "" : "s"}`;
+        if (role === "browser") {
+          if (run.generating) {
+            const notice = addNotice("warning", `Stopped after ${tokens} and ${fmtMs(run.total)}. The in-browser engine is stopping…`);
+            whenEngineIdle(notice, tokens, run.total);
+          } else {
+            addNotice("warning", "Stopped before the in-browser engine started on this answer.");
+          }
+        } else {
+          addNotice("warning", `Stopped after ${tokens} and ${fmtMs(run.total)}. The app cancelled the request to the model server.`);
+        }
+      } else if (err.name === "RequestRejected") {
+        run.result = "rejected";
+        addNotice("error", err.message);
+        els.meta.textContent = "The app did not start this request.";
       } else {
         run.result = "error";
-        addNotice("error", `The connection to this app failed: ${err.message}`);
+        addNotice("error", role === "browser"
+          ? `The in-browser engine failed: ${err.message || err}`
+          : `The connection to this app failed: ${err.message}`);
       }
     } finally {
       controller = null;
       setBusy(false);
       finishRun(run);
     }
+  }
+
+  function rejected(message) {
+    const err = new Error(message);
+    err.name = "RequestRejected";
+    return err;
+  }
+
+  function abortable(signal) {
+    return new Promise((resolve, reject) => {
+      const stop = () => reject(new DOMException("Stopped", "AbortError"));
+      if (signal.aborted) stop();
+      else signal.addEventListener("abort", stop, { once: true });
+    });
+  }
+
+  async function answerOnServer(run, payload, signal) {
+    const response = await fetch("/demo/api/stream", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+      body: JSON.stringify(payload),
+      signal,
+    });
+    if (!response.ok) throw rejected(await errorMessage(response));
+    await readEvents(response.body, (name, data) => handleEvent(run, name, data));
+    if (!run.finished) {
+      run.result = "error";
+      addNotice("error", "The stream ended before the answer was finished (the app's server closed it).");
+    }
+  }
+
+  // The server retrieves and builds the prompt; the model here applies its chat template and generates.
+  async function answerInBrowser(run, payload, signal) {
+    const stopped = abortable(signal);
+    stopped.catch(() => {});
+    if (!browserEngine.engine) {
+      setStatus("waiting", "Loading the model");
+      els.meta.textContent = "Loading the model in this browser first (not counted in the times)…";
+    }
+    const engine = await Promise.race([ensureEngine(), stopped]);
+    if (engine.busy) {
+      setStatus("waiting", "Waiting for the engine");
+      els.meta.textContent = "The in-browser engine is still stopping the previous answer…";
+      await Promise.race([engine.busy, stopped]);
+    }
+    run.t0 = performance.now(); // like a server request: from here to the first token and to the end
+    run.loadMs = engine.load.loadMs;
+    els.metric.load.textContent = fmtMs(engine.load.loadMs) + (engine.load.cached ? " (cached)" : "");
+    const response = await fetch("/demo/api/prompt", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify(payload),
+      signal,
+    });
+    if (!response.ok) throw rejected(await errorMessage(response));
+    const prepared = await response.json();
+    handleEvent(run, "sources", prepared.sources);
+    handleEvent(run, "prompt", prepared.prompt);
+    for (const notice of prepared.notices) handleEvent(run, "notice", notice);
+    handleEvent(run, "started", { role: "browser", model: engine.load.modelName, backend: engine.description });
+    run.generating = true;
+    const generation = engine.generate(prepared.messages, {
+      temperature: payload.temperature,
+      maxTokens: payload.max_tokens,
+      signal,
+      onToken: (text) => handleEvent(run, "token", { text, role: "browser" }),
+      onPromptProgress: (progress) => {
+        if (run.ttft === null && progress.total) {
+          els.meta.textContent = `${engine.load.modelName} is reading the prompt in this browser: ${progress.processed} of ${progress.total} tokens.`;
+        }
+      },
+    });
+    const result = await Promise.race([generation, stopped]);
+    run.total = performance.now() - run.t0;
+    run.finished = true;
+    run.tokens = result.completionTokens;
+    run.rate = result.tokensPerS;
+    run.result = "done";
+    els.metric.total.textContent = fmtMs(run.total);
+    els.metric.tokens.textContent = (result.estimated ? "~" : "") + result.completionTokens;
+    els.metric.rate.textContent = fmtRate(result.tokensPerS);
+    if (result.promptTokens) els.metric.prompt.textContent = String(result.promptTokens);
+    if (result.finishReason === "length") addNotice("info", `The answer reached the limit of ${payload.max_tokens} tokens.`);
+  }
+
+  // Say when the engine has let go of a stopped answer: it checks for Stop between two steps of the model.
+  function whenEngineIdle(notice, tokens, total) {
+    const engine = browserEngine.engine;
+    const since = performance.now();
+    const done = () => {
+      notice.textContent = `Stopped after ${tokens} and ${fmtMs(total)}. The in-browser engine stopped generating ` +
+        `${fmtMs(performance.now() - since)} after Stop.`;
+      notice.dataset.released = "yes";
+      notice.dataset.releaseMs = String(performance.now() - since);
+    };
+    if (engine && engine.busy) engine.busy.then(done);
+    else done();
   }
 
   function finishRun(run) {
@@ -422,22 +635,26 @@
       group.appendChild(svgEl("text", { x: x + barW / 2, y: height - 5, "text-anchor": "middle" }, `#${run.n}`));
       group.appendChild(
         svgEl("title", {},
-          `#${run.n} ${run.model || role}: first token ${fmtMs(run.ttft)}, total ${fmtMs(run.total)}, ` +
+          `#${run.n} (${run.question}) ${run.model || role}: first token ${fmtMs(run.ttft)}, total ${fmtMs(run.total)}, ` +
             `${run.tokens} tokens${run.result === "stopped" ? " (stopped)" : ""}`)
       );
       svg.appendChild(group);
     });
 
-    // Both medians over the same requests (those with a first token and an end), so the median first
-    // token can never exceed the median total.
-    const timed = items.filter((r) => r.ttft !== null && r.total !== null);
-    const summary = $(`summary-${role}`);
-    summary.textContent = items.length
-      ? (timed.length
-          ? `median first token ${fmtMs(median(timed.map((r) => r.ttft)))}` +
-            ` · median total ${fmtMs(median(timed.map((r) => r.total)))} · `
-          : "") + `${items.length} request${items.length > 1 ? "s" : ""}`
-      : "";
+    $(`summary-${role}`).textContent = summarize(items);
+  }
+
+  // Both medians over the same runs, the finished ones: a stopped run has a first token but a cut-short total,
+  // so counting it in one median and not the other could put the median first token above the median total.
+  function summarize(items) {
+    if (!items.length) return "";
+    const finished = items.filter((r) => r.result === "done" && r.ttft !== null && r.total !== null);
+    const stopped = items.length - finished.length;
+    const stoppedNote = stopped ? ` · ${stopped} stopped (not counted)` : "";
+    if (!finished.length) return `no finished request yet${stoppedNote}`;
+    return `median first token ${fmtMs(median(finished.map((r) => r.ttft)))}` +
+      ` · median total ${fmtMs(median(finished.map((r) => r.total)))}` +
+      ` · ${finished.length} finished${stoppedNote}`;
   }
 
   function renderCharts() {
@@ -447,22 +664,32 @@
   }
 
   function renderTable() {
-    const rows = runs.slice(-2 * HISTORY).reverse().map((run) => {
+    const rows = runs.slice(-ROLES.length * HISTORY).reverse().map((run) => {
       const tr = document.createElement("tr");
+      // the unrounded figures, for scripts (benchmarks/browser_engine.py)
+      Object.assign(tr.dataset, {
+        engine: run.role, result: run.result, question: run.question,
+        ttftMs: run.ttft ?? "", totalMs: run.total ?? "", tokens: run.tokens, rate: run.rate ?? "",
+      });
       const cells = [
         `#${run.n}`,
-        `${run.role} · ${run.model || "?"}`,
+        `${run.question} ${run.prompt}`,
+        `${ROLE_LABELS[run.role]} · ${run.model || "?"}`,
         fmtMs(run.ttft),
         fmtMs(run.total),
         String(run.tokens),
         fmtRate(run.rate),
         run.result,
       ];
-      for (const text of cells) {
+      cells.forEach((text, i) => {
         const td = document.createElement("td");
         td.textContent = text;
+        if (i === 1) {
+          td.className = "question";
+          td.title = run.prompt;
+        }
         tr.appendChild(td);
-      }
+      });
       return tr;
     });
     els.runsBody.replaceChildren(...rows);
@@ -487,6 +714,7 @@
   els.stop.addEventListener("click", () => {
     if (controller) controller.abort();
   });
+  for (const input of els.form.querySelectorAll('input[name="role"]')) input.addEventListener("change", showRoleNote);
   els.temperature.addEventListener("input", () => {
     els.temperatureValue.textContent = Number(els.temperature.value).toFixed(2);
   });

@@ -39,6 +39,12 @@ ENGLISH_STOPWORDS = frozenset(
     "these they this to was will with".split()
 )
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
+# How a developer's question is asked, not what it is about. Left out of queries only (documents keep them:
+# "How do I...?" is a common heading, and matching it says nothing about the subject).
+QUESTION_WORDS = frozenset(
+    "how what why when where which who whom whose do does did can could should would i me my we us our you your "
+    "am".split()
+)
 
 
 @lru_cache(maxsize=1)
@@ -51,6 +57,12 @@ def _stemmer():
 def analyze(text: str) -> list[str]:
     """Index/query terms of ``text``: lower-cased words without stopwords, Snowball-stemmed."""
     words = [word for word in _WORD.findall(text.lower()) if word not in ENGLISH_STOPWORDS]
+    return _stemmer().stemWords(words) if words else []
+
+
+def analyze_query(text: str) -> list[str]:
+    """Query terms: :func:`analyze` without the words that only shape a question."""
+    words = [word for word in _WORD.findall(text.lower()) if word not in ENGLISH_STOPWORDS and word not in QUESTION_WORDS]
     return _stemmer().stemWords(words) if words else []
 
 

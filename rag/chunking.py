@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
 
 from rag.tokens import count_tokens, encode, encoding
 from rag.types import Chunk
@@ -25,6 +28,8 @@ class Section:
     heading: str  # "" when the text comes before any heading
     text: str  # includes the heading line itself, so the words of a heading are searchable
     page: int | None = None
+    path: tuple[str, ...] = ()  # the headings above this text, outermost first, ending with ``heading``
+    anchor: str = ""  # HTML id to link to (page.html#anchor), "" when unknown
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*[ \t]+|\n\s*")
 def split_markdown_sections(text: str, page: int | None = None) -> list[Section]:
     """Sections at ATX headings (``# ...``), ignoring ``#`` lines inside fenced code blocks."""
     lines = text.splitlines(keepends=True)
-    starts: list[tuple[int, str, int]] = []  # (first line, heading, lines the heading takes)
+    starts: list[tuple[int, str, int, int]] = []  # (first line, heading, lines the heading takes, level)
     in_fence = False
     for index, line in enumerate(lines):
         if _FENCE.match(line):
@@ -54,14 +59,15 @@ def split_markdown_sections(text: str, page: int | None = None) -> list[Section]
             continue
         match = None if in_fence else _MARKDOWN_HEADING.match(line.rstrip("\n"))
         if match:
-            starts.append((index, match.group(2).strip(), 1))
+            starts.append((index, match.group(2).strip(), 1, len(match.group(1))))
     return _sections_from_starts(lines, starts, page)
 
 
 def split_rst_sections(text: str, page: int | None = None) -> list[Section]:
     """Sections at reStructuredText titles: a text line underlined by a run of one punctuation character."""
     lines = text.splitlines(keepends=True)
-    starts: list[tuple[int, str, int]] = []
+    starts: list[tuple[int, str, int, int]] = []
+    styles: list[tuple[bool, str]] = []  # title styles in order of first use: the first is level 1
     for index in range(1, len(lines)):
         title = lines[index - 1].strip()
         underline = lines[index].strip()
@@ -69,16 +75,26 @@ def split_rst_sections(text: str, page: int | None = None) -> list[Section]:
             first = index - 1
             if first >= 1 and lines[first - 1].strip() == underline:  # overlined title
                 first -= 1
-            starts.append((first, title, index + 1 - first))
+            style = (first < index - 1, underline[0])
+            if style not in styles:
+                styles.append(style)
+            starts.append((first, title, index + 1 - first, styles.index(style) + 1))
     return _sections_from_starts(lines, starts, page)
 
 
-def _sections_from_starts(lines: list[str], starts: list[tuple[int, str, int]], page: int | None) -> list[Section]:
+def _sections_from_starts(
+    lines: list[str], starts: list[tuple[int, str, int, int]], page: int | None
+) -> list[Section]:
     if not starts or starts[0][0] != 0:
-        starts = [(0, "", 0)] + starts
+        starts = [(0, "", 0, 0)] + starts
     sections: list[Section] = []
     pending = ""  # headings with no text of their own, joined to the next section
-    for number, (first_line, heading, heading_lines) in enumerate(starts):
+    path: list[tuple[int, str]] = []
+    for number, (first_line, heading, heading_lines, level) in enumerate(starts):
+        if heading:
+            while path and path[-1][0] >= level:
+                path.pop()
+            path.append((level, heading))
         last_line = starts[number + 1][0] if number + 1 < len(starts) else len(lines)
         body = "".join(lines[first_line:last_line]).strip()
         has_text = "".join(lines[first_line + heading_lines : last_line]).strip()
@@ -89,14 +105,47 @@ def _sections_from_starts(lines: list[str], starts: list[tuple[int, str, int]], 
         if pending:
             body = f"{pending}\n\n{body}"
             pending = ""
-        sections.append(Section(heading=heading, text=body, page=page))
+        sections.append(Section(heading=heading, text=body, page=page, path=tuple(h for _, h in path)))
     if pending:
-        sections.append(Section(heading=starts[-1][1], text=pending, page=page))
+        sections.append(Section(heading=starts[-1][1], text=pending, page=page, path=tuple(h for _, h in path)))
     return sections
 
 
+@lru_cache(maxsize=1)
+def _token_byte_lengths() -> np.ndarray:
+    enc = encoding()
+    lengths = np.zeros(enc.n_vocab, dtype=np.int64)
+    for token in range(enc.n_vocab):
+        try:
+            lengths[token] = len(enc.decode_single_token_bytes(token))
+        except KeyError:  # gaps in the vocabulary
+            pass
+    return lengths
+
+
+def _token_ends(text: str) -> np.ndarray:
+    """Character offset where each token of ``text`` ends, from one encoding of the whole text."""
+    tokens = encode(text)
+    if not tokens:
+        return np.zeros(0, dtype=np.int64)
+    byte_ends = np.cumsum(_token_byte_lengths()[np.asarray(tokens, dtype=np.int64)])
+    if text.isascii():
+        return byte_ends
+    code_points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    char_bytes = 1 + (code_points >= 0x80) + (code_points >= 0x800) + (code_points >= 0x10000)
+    char_byte_ends = np.cumsum(char_bytes, dtype=np.int64)
+    # A token ending inside a multi-byte character counts as ending after that character.
+    return np.searchsorted(char_byte_ends, byte_ends, side="left") + 1
+
+
 def _sentence_units(text: str, chunk_tokens: int) -> list[_Unit]:
+    """Sentences (or token-cut pieces of over-long ones) with their token counts, from one encoding of ``text``.
+
+    A sentence's count is the number of the text's tokens ending inside it: within a token or two of
+    encoding the sentence alone. Chunk sizes are checked with an exact count in :func:`_pack`.
+    """
     units: list[_Unit] = []
+    ends = _token_ends(text)
     paragraph_ends = {match.start() for match in _PARAGRAPH_BREAK.finditer(text)}
     start = 0
     cuts = [(m.start(), m.end()) for m in _SENTENCE_END.finditer(text)] + [(len(text), len(text))]
@@ -106,35 +155,33 @@ def _sentence_units(text: str, chunk_tokens: int) -> list[_Unit]:
             continue
         piece_end = cut_start
         ends_paragraph = cut_start in paragraph_ends or piece_end == len(text)
-        units.extend(_token_split(text, start, piece_end, chunk_tokens, ends_paragraph))
+        first = int(np.searchsorted(ends, start, side="right"))
+        last = int(np.searchsorted(ends, piece_end, side="right"))
+        count = max(1, last - first)
+        if count <= chunk_tokens:
+            units.append(_Unit(start, piece_end, count, ends_paragraph))
+        else:
+            for index in range(first, last, chunk_tokens):
+                stop = min(index + chunk_tokens, last)
+                unit_start = start if index == first else int(ends[index - 1])
+                unit_end = piece_end if stop == last else int(ends[stop - 1])
+                if unit_end > unit_start:
+                    units.append(_Unit(unit_start, unit_end, stop - index, ends_paragraph and stop == last))
         start = cut_end
     return units
 
 
-def _token_split(text: str, start: int, end: int, chunk_tokens: int, ends_paragraph: bool) -> list[_Unit]:
-    piece = text[start:end]
-    tokens = encode(piece)
-    if len(tokens) <= chunk_tokens:
-        return [_Unit(start, end, len(tokens), ends_paragraph)]
-    _, offsets = encoding().decode_with_offsets(tokens)
-    units = []
-    for first in range(0, len(tokens), chunk_tokens):
-        last = min(first + chunk_tokens, len(tokens))
-        unit_start = start + offsets[first]
-        unit_end = start + offsets[last] if last < len(tokens) else end
-        if unit_end > unit_start:
-            units.append(_Unit(unit_start, unit_end, last - first, ends_paragraph and last == len(tokens)))
-    return units
-
-
-def _pack(text: str, units: list[_Unit], chunk_tokens: int, overlap: int) -> list[tuple[int, int]]:
-    """Index ranges [first, last] of units forming each chunk."""
-    ranges: list[tuple[int, int]] = []
+def _pack(text: str, units: list[_Unit], chunk_tokens: int, overlap: int) -> list[tuple[int, int, int]]:
+    """Index ranges [first, last] of units forming each chunk, with the chunk's exact token count."""
+    ranges: list[tuple[int, int, int]] = []
+    # Packing to a little under the limit leaves room for the estimates' error, so the exact count rarely
+    # has to drop a sentence and count again.
+    budget = chunk_tokens - max(2, chunk_tokens // 50)
     first = 0
     while first < len(units):
         total = 0
         last = first
-        while last < len(units) and total + units[last].tokens <= chunk_tokens:
+        while last < len(units) and total + units[last].tokens <= budget:
             total += units[last].tokens
             last += 1
         last = max(last - 1, first)  # a single unit is never larger than chunk_tokens
@@ -148,10 +195,12 @@ def _pack(text: str, units: list[_Unit], chunk_tokens: int, overlap: int) -> lis
                     best = index
             if best is not None:
                 last = best
-        # Separators between units (line breaks) cost tokens the unit counts leave out.
-        while last > first and count_tokens(text[units[first].start : units[last].end]) > chunk_tokens:
+        # Unit counts are estimates from the whole text's encoding: the chunk's own count decides.
+        tokens = count_tokens(text[units[first].start : units[last].end].strip())
+        while last > first and tokens > chunk_tokens:
             last -= 1
-        ranges.append((first, last))
+            tokens = count_tokens(text[units[first].start : units[last].end].strip())
+        ranges.append((first, last, tokens))
         if last + 1 >= len(units):
             break
         next_first = last + 1
@@ -179,12 +228,21 @@ def chunk_sections(
     chunks: list[Chunk] = []
     position = first_position
     for section in sections:
-        units = _sentence_units(section.text, chunk_tokens)
-        for first, last in _pack(section.text, units, chunk_tokens, overlap):
-            text = section.text[units[first].start : units[last].end].strip()
-            if not text:
-                continue
-            tokens = count_tokens(text)
+        path = section.path[1:] if section.path and section.path[0] == title else section.path
+        section_label = " › ".join(path)
+        whole = section.text.strip()
+        # More than 12 characters a token never happens in prose: such a section is long, skip counting it whole.
+        whole_tokens = count_tokens(whole) if len(whole) <= 12 * chunk_tokens else chunk_tokens + 1
+        if whole_tokens <= chunk_tokens:  # most sections of reference documentation: one chunk, one count
+            pieces = [(whole, whole_tokens)] if whole else []
+        else:
+            units = _sentence_units(section.text, chunk_tokens)
+            pieces = []
+            for first, last, tokens in _pack(section.text, units, chunk_tokens, overlap):
+                text = section.text[units[first].start : units[last].end].strip()
+                if text:
+                    pieces.append((text, tokens))
+        for text, tokens in pieces:
             chunks.append(
                 Chunk(
                     id=f"{source}#{position}",
@@ -194,6 +252,9 @@ def chunk_sections(
                     position=position,
                     page=section.page,
                     tokens=tokens,
+                    doc_title=title,
+                    section=section_label,
+                    anchor=section.anchor,
                 )
             )
             position += 1

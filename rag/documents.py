@@ -1,4 +1,10 @@
-"""One conversation's uploaded documents, searchable in memory, restorable from a JSON-able state."""
+"""One conversation's uploaded documents: a scope of the one index, restorable from a JSON-able state.
+
+A DocumentSet indexes its documents in a :class:`rag.index.Collection` under its conversation's scope;
+``search`` then covers the shared knowledge base and these uploads together, on one set of collection
+statistics, so an upload that holds the answer scores as high as the same text would in the shared
+folder. Another conversation's DocumentSet on the same collection never sees these documents.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,16 @@ import asyncio
 import re
 import threading
 import unicodedata
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from rag.bm25 import DEFAULT_BACKEND
 from rag.chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP
-from rag.index import ChunkIndex, check_index_options
+from rag.index import Collection, check_index_options
 from rag.knowledge import sha256_bytes
 from rag.loaders import LoadError, document_chunks, load_bytes
-from rag.types import Chunk, ScoredChunk
+from rag.types import SHARED_SCOPE, Chunk, ScoredChunk
 
 STATE_VERSION = 1
 
@@ -40,7 +47,12 @@ def clean_display_name(name: str) -> str:
 
 
 class DocumentSet:
-    """Uploaded documents of one conversation. Safe to search from several threads while adding."""
+    """Uploaded documents of one conversation. Safe to search from several threads while adding.
+
+    ``collection``: the index shared with the knowledge base (``KnowledgeBase.collection``); without
+    one, the set gets a private empty collection (its search then sees only its own documents).
+    ``scope``: the conversation id; a fresh unique id when not given.
+    """
 
     def __init__(
         self,
@@ -48,13 +60,18 @@ class DocumentSet:
         backend: str = DEFAULT_BACKEND,
         chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
         chunk_overlap: int = DEFAULT_OVERLAP,
+        collection: Collection | None = None,
+        scope: str | None = None,
     ):
         check_index_options(backend, chunk_tokens, chunk_overlap)
+        if scope == SHARED_SCOPE:
+            raise ValueError("a conversation's documents need a scope of their own (the conversation id)")
         self.backend = backend
         self.chunk_tokens = chunk_tokens
         self.chunk_overlap = chunk_overlap
+        self.collection = collection if collection is not None else Collection()
+        self.scope = scope or f"conversation-{uuid.uuid4().hex}"
         self._documents: dict[str, tuple[AddedDocument, list[Chunk]]] = {}
-        self._index = ChunkIndex.empty(backend)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -115,10 +132,15 @@ class DocumentSet:
 
     def _rebuild(self) -> None:
         chunks = [chunk for _, document_chunks in self._documents.values() for chunk in document_chunks]
-        self._index = ChunkIndex.build(chunks, backend=self.backend)
+        self.collection.set_scope(self.scope, chunks)
 
     def search(self, query: str, k: int = 5) -> list[ScoredChunk]:
-        return self._index.search(query, k)
+        """The best chunks of the shared knowledge and of this conversation's uploads, on the same scale."""
+        return self.collection.search(query, k, self.scope)
+
+    def close(self) -> None:
+        """Take this conversation's documents out of the collection (they stay in :meth:`to_state`)."""
+        self.collection.set_scope(self.scope, [])
 
     async def asearch(self, query: str, k: int = 5) -> list[ScoredChunk]:
         return await asyncio.to_thread(self.search, query, k)
@@ -142,17 +164,25 @@ class DocumentSet:
         }
 
     @classmethod
-    def from_state(cls, state: dict, *, backend: str = DEFAULT_BACKEND) -> "DocumentSet":
+    def from_state(
+        cls,
+        state: dict,
+        *,
+        backend: str = DEFAULT_BACKEND,
+        collection: Collection | None = None,
+        scope: str | None = None,
+    ) -> "DocumentSet":
         """Rebuild a set from :meth:`to_state` output. Raises ValueError for a state it cannot read."""
         try:
             if state.get("version") != STATE_VERSION:
                 raise ValueError(f"unsupported document state version {state.get('version')!r}")
             documents = cls(
-                backend=backend, chunk_tokens=int(state["chunk_tokens"]), chunk_overlap=int(state["chunk_overlap"])
+                backend=backend, chunk_tokens=int(state["chunk_tokens"]), chunk_overlap=int(state["chunk_overlap"]),
+                collection=collection, scope=scope,
             )
             for entry in state["documents"]:
                 name = clean_display_name(entry["name"])
-                chunks = [Chunk.from_record(name, item) for item in entry["chunks"]]
+                chunks = [Chunk.from_record(name, item, documents.scope) for item in entry["chunks"]]
                 pages = entry.get("pages")
                 added = AddedDocument(
                     name=name,

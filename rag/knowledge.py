@@ -1,17 +1,30 @@
-"""The shared knowledge base: every readable file under a folder, chunked, BM25-indexed, cached on disk.
+"""The shared knowledge base: every readable file under a folder, chunked, indexed, cached on disk, watched.
 
-Cache layout (in ``cache_dir``): one JSON file per knowledge folder with, for each file, its sha256
-and either its chunks with their analysed terms or the reason it was skipped; for the ``bm25s``
-backend also the saved bm25s index of the whole set. A restart hashes the files, finds them all
-unchanged and only rebuilds the BM25 index from the cached terms (or loads the saved bm25s index).
-A file whose hash changed, a new file and a deleted file are the only ones processed again. Any
-damage to the cache is logged and the cache is rebuilt; it is never fatal.
+One :class:`KnowledgeBase` per process: it loads its cache once, keeps the shared segment of its
+:class:`rag.index.Collection` current by watching the folder (``watchfiles``), and every chat searches
+the same collection (conversations' uploads are scopes of it, see :mod:`rag.documents`).
+
+Cache layout (a folder per knowledge folder in ``cache_dir``), built for a fast start:
+
+- ``manifest.json``: settings, and per file its size, modification time, sha256, title, its range of
+  chunks, where its text block is, or why it was skipped; the two fields' vocabularies; the table of
+  distinct titles/sections/anchors;
+- ``arrays.npz``: numpy arrays, compressed: the postings of both fields (chunk numbers delta-coded
+  per term) and each chunk's metadata as columns;
+- ``texts.bin``: each file's chunk texts as one zlib block; a chunk's text is read and decompressed only
+  when a search returns it.
+
+A restart loads these (no text analysis, no index build) and checks the folder by size and
+modification time, hashing only files whose stat changed. Changed, new and deleted files are the only
+ones processed again; the postings of the others are carried over. Any damage to the cache is
+logged and the cache is rebuilt; it is never fatal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import logging
 import os
@@ -19,19 +32,28 @@ import shutil
 import tempfile
 import threading
 import time
+import zipfile
+import zlib
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
+from typing import Callable, Sequence
 
-from rag.bm25 import DEFAULT_BACKEND, BM25SIndex, build_index
+import numpy as np
+
+from rag.bm25 import DEFAULT_BACKEND
 from rag.chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP
-from rag.index import ChunkIndex, check_index_options, index_terms
+from rag.index import FIELD_TERMS, FIELDS, Collection, FieldPostings, Segment, check_index_options
 from rag.loaders import LoadError, SkippedFile, document_chunks, folder_files, load_bytes, relative_source
-from rag.types import Chunk, ScoredChunk
+from rag.types import SHARED_SCOPE, Chunk, ScoredChunk
 
 log = logging.getLogger(__name__)
 
-# Bump when chunking or analysis changes in a way that makes cached chunks/terms stale.
-CACHE_FORMAT = 1
+# Bump when chunking, analysis or the cache layout changes in a way that makes cached data stale.
+CACHE_FORMAT = 2
+
+TEXT_COMPRESSION = 1  # zlib level: level 6 takes 3x the time for ~10 % less space on documentation text
+Progress = Callable[[int, int, str], None]  # (files processed, files to process, current source)
 
 
 @dataclass
@@ -61,11 +83,13 @@ class RefreshReport:
 
 
 @dataclass
-class _FileRecord:
-    sha256: str
-    chunks: list[Chunk] = field(default_factory=list)
-    terms: list[list[str]] = field(default_factory=list)
-    skipped_reason: str = ""
+class IndexingProgress:
+    """What a front end shows while the folder is being indexed."""
+
+    running: bool = False
+    done: int = 0
+    total: int = 0
+    current: str = ""
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -89,17 +113,105 @@ def write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-def _chunk_to_json(chunk: Chunk, terms: list[str]) -> dict:
-    # Terms contain no spaces (the analyzer splits on non-word characters): one string loads much faster.
-    return {**chunk.to_record(), "terms": " ".join(terms)}
+# --- the stored form ---------------------------------------------------------------------------------
 
 
-def _chunk_from_json(source: str, item: dict) -> tuple[Chunk, list[str]]:
-    return Chunk.from_record(source, item), str(item["terms"]).split()
+@dataclass
+class _File:
+    """One file of the folder as the cache knows it."""
+
+    source: str
+    sha256: str
+    size: int
+    mtime_ns: int
+    skipped: str = ""
+    title: str = ""
+    first_chunk: int = 0
+    chunk_count: int = 0
+    block: bytes = b""  # zlib-compressed chunk texts, joined in order
+
+
+_CHUNK_COLUMNS = ("file", "position", "page", "tokens", "text_start", "text_end", "title", "section", "anchor")
+
+
+class ChunkStore(Sequence[Chunk]):
+    """The shared chunks as columns; a Chunk is built (and its file's text block decompressed) on access."""
+
+    def __init__(self, files: list[_File], columns: dict[str, np.ndarray], strings: list[str]):
+        self.files = files
+        self.columns = columns
+        self.strings = strings
+        self._texts = lru_cache(maxsize=64)(self._file_text)
+
+    def __len__(self) -> int:
+        return int(self.columns["file"].shape[0])
+
+    def _file_text(self, file_number: int) -> bytes:
+        return zlib.decompress(self.files[file_number].block)
+
+    def __getitem__(self, index):  # noqa: D105 - Sequence protocol
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        c = self.columns
+        file = self.files[int(c["file"][index])]
+        text = self._texts(int(c["file"][index]))[int(c["text_start"][index]) : int(c["text_end"][index])]
+        position = int(c["position"][index])
+        page = int(c["page"][index])
+        return Chunk(
+            id=f"{file.source}#{position}",
+            text=text.decode("utf-8"),
+            source=file.source,
+            title=self.strings[int(c["title"][index])],
+            position=position,
+            page=None if page < 0 else page,
+            tokens=int(c["tokens"][index]),
+            doc_title=file.title,
+            section=self.strings[int(c["section"][index])],
+            anchor=self.strings[int(c["anchor"][index])],
+            scope=SHARED_SCOPE,
+        )
+
+
+@dataclass
+class _NewFile:
+    """A file processed in this refresh: its chunks and both fields' terms."""
+
+    entry: _File
+    chunks: list[Chunk]
+    terms: dict[str, list[list[str]]]  # per field, per chunk
+
+
+def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """An .npz that np.load reads, deflated at level 1 (np.savez_compressed's level 6 is 3x slower here)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=TEXT_COMPRESSION) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as handle:
+                np.lib.format.write_array(handle, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def _delta_encode(postings: FieldPostings) -> np.ndarray:
+    docs = postings.docs.astype(np.int64)
+    deltas = docs.copy()
+    deltas[1:] -= docs[:-1]
+    starts = postings.indptr[:-1][np.diff(postings.indptr) > 0]
+    deltas[starts] = docs[starts]
+    return deltas.astype(np.int32)
+
+
+def _delta_decode(deltas: np.ndarray, indptr: np.ndarray) -> np.ndarray:
+    if deltas.size == 0:
+        return deltas.astype(np.int32)
+    running = np.cumsum(deltas, dtype=np.int64)
+    counts = np.diff(indptr)
+    starts = indptr[:-1][counts > 0]
+    bases = running[starts] - deltas[starts]
+    return (running - np.repeat(bases, counts[counts > 0])).astype(np.int32)
 
 
 class KnowledgeBase:
-    """Search over a folder of documents. Call :meth:`refresh` to (re)load; searches may run meanwhile."""
+    """Search over a folder of documents. :meth:`refresh` (re)loads; searches may run meanwhile."""
 
     def __init__(
         self,
@@ -109,133 +221,183 @@ class KnowledgeBase:
         backend: str = DEFAULT_BACKEND,
         chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
         chunk_overlap: int = DEFAULT_OVERLAP,
+        collection: Collection | None = None,
     ):
         check_index_options(backend, chunk_tokens, chunk_overlap)
         self.folder = Path(folder)
         self.cache_dir = Path(cache_dir)
-        self.backend = backend
+        self.backend = backend  # validated for compatibility; every search uses rag.index's field index
         self.chunk_tokens = chunk_tokens
         self.chunk_overlap = chunk_overlap
-        self._index = ChunkIndex.empty(backend)
+        self.collection = collection if collection is not None else Collection()
         self._refresh_lock = threading.Lock()
         folder_key = sha256_bytes(str(self.folder.resolve()).encode())[:12]
-        self.cache_file = self.cache_dir / f"knowledge-{folder_key}.json"
-        self._bm25s_prefix = f"knowledge-{folder_key}-bm25s-"
+        self.cache_path = self.cache_dir / f"knowledge-{folder_key}"
+        self.cache_file = self.cache_path / "manifest.json"
+        self._files: dict[str, _File] = {}
+        self._watch_stop: threading.Event | None = None
+        self._watch_thread: threading.Thread | None = None
+        self.progress = IndexingProgress()
         self.last_report: RefreshReport | None = None
+
+    # --- reading ---------------------------------------------------------------------------------
 
     @property
     def chunk_count(self) -> int:
-        return len(self._index.chunks)
+        return len(self.collection.shared)
 
     @property
-    def chunks(self) -> tuple[Chunk, ...]:
-        return self._index.chunks
+    def chunks(self) -> Sequence[Chunk]:
+        return self.collection.shared.chunks
 
-    def search(self, query: str, k: int = 5) -> list[ScoredChunk]:
-        return self._index.search(query, k)  # one read of the attribute: a concurrent refresh swaps it whole
+    def sources(self) -> list[str]:
+        """Files with at least one chunk, sorted."""
+        return sorted(source for source, entry in self._files.items() if entry.chunk_count)
 
-    async def asearch(self, query: str, k: int = 5) -> list[ScoredChunk]:
-        return await asyncio.to_thread(self.search, query, k)
+    def search(self, query: str, k: int = 5, scope: str = SHARED_SCOPE) -> list[ScoredChunk]:
+        return self.collection.search(query, k, scope)
+
+    async def asearch(self, query: str, k: int = 5, scope: str = SHARED_SCOPE) -> list[ScoredChunk]:
+        return await asyncio.to_thread(self.search, query, k, scope)
 
     async def arefresh(self) -> RefreshReport:
         return await asyncio.to_thread(self.refresh)
 
-    # --- cache -------------------------------------------------------------------------------
+    # --- cache -------------------------------------------------------------------------------------
 
     def _params(self) -> dict:
         return {"format": CACHE_FORMAT, "chunk_tokens": self.chunk_tokens, "chunk_overlap": self.chunk_overlap}
 
-    def _read_cache(self) -> tuple[dict[str, _FileRecord], dict, str]:
-        """Cached records, the raw cache document, and why it was not usable ("" when it was)."""
+    def _read_cache(self) -> tuple[dict[str, _File], Segment | None, str]:
+        """Cached files, the shared segment, and why the cache was not usable ("" when it was)."""
         if not self.cache_file.exists():
-            return {}, {}, "none"
+            return {}, None, "none"
         try:
-            document = json.loads(self.cache_file.read_bytes())
-            if document.get("params") != self._params():
-                return {}, {}, "settings changed"
-            records = {}
-            for source, entry in document["files"].items():
-                record = _FileRecord(sha256=str(entry["sha256"]), skipped_reason=str(entry.get("skipped", "")))
-                for item in entry.get("chunks", []):
-                    chunk, terms = _chunk_from_json(source, item)
-                    record.chunks.append(chunk)
-                    record.terms.append(terms)
-                records[source] = record
-            return records, document, ""
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("Index cache %s is damaged (%s: %s); rebuilding it.", self.cache_file, type(exc).__name__, exc)
-            return {}, {}, f"damaged: {type(exc).__name__}"
+            manifest = json.loads(self.cache_file.read_bytes())
+            if not isinstance(manifest, dict):
+                raise ValueError("the manifest is not a JSON object")
+            if manifest.get("params") != self._params():
+                return {}, None, "settings changed"
+            blob = (self.cache_path / "texts.bin").read_bytes()
+            with np.load(self.cache_path / "arrays.npz", allow_pickle=False) as stored:
+                arrays = {name: stored[name] for name in stored.files}
+            files = []
+            for item in manifest["files"]:
+                offset, length = item["block"]
+                if offset + length > len(blob):
+                    raise ValueError("texts.bin is shorter than the manifest says")
+                files.append(_File(item["source"], item["sha256"], int(item["size"]), int(item["mtime_ns"]),
+                                   item.get("skipped", ""), item.get("title", ""), int(item["first_chunk"]),
+                                   int(item["chunk_count"]), blob[offset : offset + length]))
+            fields = {}
+            for name in FIELDS:
+                terms = manifest["vocabulary"][name]
+                vocabulary = {term: number for number, term in enumerate(terms.split("\n") if terms else [])}
+                indptr = arrays[f"{name}_indptr"].astype(np.int64)
+                if len(indptr) != len(vocabulary) + 1:
+                    raise ValueError(f"{name} postings do not match the vocabulary")
+                fields[name] = FieldPostings(vocabulary, indptr, _delta_decode(arrays[f"{name}_docs"], indptr),
+                                             arrays[f"{name}_freqs"].astype(np.float32),
+                                             arrays[f"{name}_lengths"].astype(np.float32))
+            columns = {name: arrays[f"chunk_{name}"] for name in _CHUNK_COLUMNS}
+            size = len(columns["file"])
+            if any(len(column) != size for column in columns.values()) or any(f.size != size for f in fields.values()):
+                raise ValueError("chunk columns and postings disagree on the number of chunks")
+            store = ChunkStore(files, columns, list(manifest["strings"]))
+            return {f.source: f for f in files}, Segment(store, fields, store.columns["file"].astype(np.int64)), ""
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, zlib.error, zipfile.BadZipFile) as exc:
+            log.warning("Index cache %s is damaged (%s: %s); rebuilding it.", self.cache_path, type(exc).__name__, exc)
+            return {}, None, f"damaged: {type(exc).__name__}"
 
-    def _write_cache(self, records: dict[str, _FileRecord], index_id: str, bm25s_dir: str) -> None:
-        files = {}
-        for source, record in records.items():
-            entry: dict = {"sha256": record.sha256}
-            if record.skipped_reason:
-                entry["skipped"] = record.skipped_reason
-            else:
-                entry["chunks"] = [_chunk_to_json(c, t) for c, t in zip(record.chunks, record.terms)]
-            files[source] = entry
-        document = {"params": self._params(), "index_id": index_id, "bm25s_dir": bm25s_dir, "files": files}
-        write_atomically(self.cache_file, json.dumps(document, ensure_ascii=False).encode("utf-8"))
-
-    def _save_bm25s(self, index: BM25SIndex, index_id: str) -> str:
-        name = self._bm25s_prefix + index_id[:16]
-        final = self.cache_dir / name
-        if not final.exists():
-            temp = Path(tempfile.mkdtemp(dir=self.cache_dir, prefix=f".{name}."))
-            index.save(temp)
-            try:
-                os.replace(temp, final)
-            except OSError:  # another process saved the same index first
-                shutil.rmtree(temp, ignore_errors=True)
-        for old in self.cache_dir.glob(self._bm25s_prefix + "*"):
-            if old.name != name:
+    def _write_cache(self, files: list[_File], segment: Segment, strings: list[str]) -> None:
+        store = segment.chunks
+        assert isinstance(store, ChunkStore)
+        blob = io.BytesIO()
+        items = []
+        for entry in files:
+            offset = blob.tell()
+            blob.write(entry.block)
+            item = {"source": entry.source, "sha256": entry.sha256, "size": entry.size, "mtime_ns": entry.mtime_ns,
+                    "first_chunk": entry.first_chunk, "chunk_count": entry.chunk_count, "block": [offset, len(entry.block)]}
+            if entry.skipped:
+                item["skipped"] = entry.skipped
+            if entry.title:
+                item["title"] = entry.title
+            items.append(item)
+        arrays: dict[str, np.ndarray] = {f"chunk_{name}": store.columns[name] for name in _CHUNK_COLUMNS}
+        vocabulary = {}
+        for name in FIELDS:
+            postings: FieldPostings = segment.fields[name]
+            vocabulary[name] = "\n".join(postings.vocabulary)
+            arrays[f"{name}_indptr"] = postings.indptr
+            arrays[f"{name}_docs"] = _delta_encode(postings)
+            arrays[f"{name}_freqs"] = np.minimum(postings.freqs, 65535).astype(np.uint16)
+            arrays[f"{name}_lengths"] = np.minimum(postings.lengths, 65535).astype(np.uint16)
+        manifest = {"params": self._params(), "files": items, "vocabulary": vocabulary, "strings": strings}
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(dir=self.cache_dir, prefix=f".{self.cache_path.name}."))
+        try:
+            (temp / "texts.bin").write_bytes(blob.getvalue())
+            _save_arrays(temp / "arrays.npz", arrays)
+            (temp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")
+            old = None
+            if self.cache_path.exists():
+                old = self.cache_dir / f".{self.cache_path.name}.old-{os.getpid()}-{time.monotonic_ns()}"
+                os.replace(self.cache_path, old)
+            os.replace(temp, self.cache_path)
+            if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
-        return name
+            self._remove_legacy_cache()
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
 
-    def _load_bm25s(self, document: dict, index_id: str, size: int) -> BM25SIndex | None:
-        name = document.get("bm25s_dir") or ""
-        if document.get("index_id") != index_id or not name:
-            return None
-        try:
-            index = BM25SIndex.load(self.cache_dir / name, size)
-        except Exception as exc:  # bm25s raises whatever numpy/json raise on damaged files
-            log.warning("Saved bm25s index %s is damaged (%s); rebuilding it.", name, exc)
-            return None
-        if index.size != size or index._retriever is None or index._retriever.scores.get("num_docs") != size:
-            log.warning("Saved bm25s index %s does not match the cached chunks; rebuilding it.", name)
-            return None
-        return index
+    def _remove_legacy_cache(self) -> None:
+        """The JSON cache (and saved bm25s index) of format 1, replaced by this folder."""
+        legacy = self.cache_path.name
+        (self.cache_dir / f"{legacy}.json").unlink(missing_ok=True)
+        for old in self.cache_dir.glob(f"{legacy}-bm25s-*"):
+            shutil.rmtree(old, ignore_errors=True)
 
-    # --- refresh -----------------------------------------------------------------------------
+    # --- refresh -----------------------------------------------------------------------------------
 
-    def _process(self, source: str, data: bytes, digest: str) -> _FileRecord:
+    def _process(self, source: str, data: bytes, entry: _File) -> _NewFile:
         try:
             document = load_bytes(data, Path(source).name, source)
             chunks = document_chunks(document, source, chunk_tokens=self.chunk_tokens, overlap=self.chunk_overlap)
         except LoadError as exc:
             log.warning("Skipped %s: %s", source, exc)
-            return _FileRecord(sha256=digest, skipped_reason=str(exc))
-        return _FileRecord(sha256=digest, chunks=chunks, terms=[index_terms(chunk) for chunk in chunks])
+            entry.skipped = str(exc)
+            return _NewFile(entry, [], {name: [] for name in FIELDS})
+        entry.title = document.title
+        entry.block = zlib.compress("".join(chunk.text for chunk in chunks).encode("utf-8"), TEXT_COMPRESSION)
+        return _NewFile(entry, chunks, {name: [terms(c) for c in chunks] for name, terms in FIELD_TERMS.items()})
 
-    def refresh(self) -> RefreshReport:
+    def refresh(self, progress: Progress | None = None) -> RefreshReport:
         with self._refresh_lock:
-            return self._refresh()
+            self.progress = IndexingProgress(running=True)
+            try:
+                return self._refresh(progress)
+            finally:
+                self.progress.running = False
 
-    def _refresh(self) -> RefreshReport:
-        started = time.perf_counter()
-        report = RefreshReport()
-        cached, document, cache_problem = self._read_cache()
-
-        current: dict[str, _FileRecord] = {}
+    def _scan(self, cached: dict[str, _File], report: RefreshReport) -> tuple[list, int, int]:
+        """Every file in order (a cached _File when unchanged, else (source, data, new entry) to process),
+        how many to process, and how many are unchanged but have a new modification time."""
+        found: list = []
+        to_process = touched = 0
+        paths = folder_files(self.folder) if self.folder.is_dir() else []
         if not self.folder.is_dir():
             log.warning("Knowledge folder %s does not exist; the knowledge base is empty.", self.folder)
-            paths = []
-        else:
-            paths = folder_files(self.folder)
         for path in paths:
             source = relative_source(path, self.folder)
+            previous = cached.get(source)
             try:
+                stat = path.stat()
+                if previous is not None and (previous.size, previous.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
+                    found.append(previous)
+                    report.unchanged.append(source)
+                    continue
                 data = path.read_bytes()
             except OSError as exc:
                 reason = f"{path.name} could not be opened ({exc.strerror or exc})."
@@ -243,52 +405,209 @@ class KnowledgeBase:
                 report.skipped.append(SkippedFile(source, reason))
                 continue
             digest = sha256_bytes(data)
-            previous = cached.get(source)
-            if previous is not None and previous.sha256 == digest:
-                record = previous
+            if previous is not None and previous.sha256 == digest:  # touched, not changed
+                previous.size, previous.mtime_ns = stat.st_size, stat.st_mtime_ns
+                touched += 1
+                found.append(previous)
                 report.unchanged.append(source)
-            else:
-                record = self._process(source, data, digest)
-                (report.changed if previous is not None else report.added).append(source)
-            if record.skipped_reason:
-                report.skipped.append(SkippedFile(source, record.skipped_reason))
-            current[source] = record
-        report.removed = sorted(set(cached) - set(current))
+                continue
+            (report.changed if previous is not None else report.added).append(source)
+            found.append((source, data, _File(source, digest, stat.st_size, stat.st_mtime_ns)))
+            to_process += 1
+        return found, to_process, touched
 
-        chunks: list[Chunk] = []
-        terms: list[list[str]] = []
-        for source in sorted(current):
-            chunks.extend(current[source].chunks)
-            terms.extend(current[source].terms)
-        index_id = sha256_bytes(
-            json.dumps([self._params(), sorted((s, r.sha256) for s, r in current.items())]).encode()
-        )
-        cache_changed = bool(report.added or report.changed or report.removed) or bool(cache_problem)
+    def _refresh(self, progress: Progress | None) -> RefreshReport:
+        started = time.perf_counter()
+        report = RefreshReport()
+        if self._files:  # loaded in this process already: the live segment is the cache's content
+            cached, old, cache_problem = dict(self._files), self.collection.shared, ""
+        else:
+            cached, old, cache_problem = self._read_cache()
+        found, to_process, touched = self._scan(cached, report)
+        current_sources = {item.source if isinstance(item, _File) else item[0] for item in found}
+        report.removed = sorted(set(cached) - current_sources)
+        changed = bool(to_process or report.removed or cache_problem)
 
-        bm25 = None
-        if self.backend == "bm25s" and chunks and not cache_changed:
-            bm25 = self._load_bm25s(document, index_id, len(chunks))
-            if bm25 is None:
-                cache_changed = True
-        if bm25 is None:
-            bm25 = build_index(terms, self.backend)
-        self._index = ChunkIndex(tuple(chunks), bm25)
+        processed: list[_File | _NewFile] = []
+        done = 0
+        self.progress.total = to_process
+        for item in found:
+            if isinstance(item, _File):
+                processed.append(item)
+                continue
+            source, data, entry = item
+            self.progress.current = source
+            processed.append(self._process(source, data, entry))
+            done += 1
+            self.progress.done = done
+            if progress is not None:
+                progress(done, to_process, source)
+        for item in processed:
+            entry = item.entry if isinstance(item, _NewFile) else item
+            if entry.skipped:
+                report.skipped.append(SkippedFile(entry.source, entry.skipped))
 
-        if cache_changed:
+        if changed or old is None:
+            files, segment, strings = self._merge(processed, old)
             try:
-                self.cache_dir.mkdir(parents=True, exist_ok=True)
-                bm25s_dir = self._save_bm25s(bm25, index_id) if isinstance(bm25, BM25SIndex) and chunks else ""
-                self._write_cache(current, index_id, bm25s_dir)
+                self._write_cache(files, segment, strings)
             except OSError as exc:
                 log.warning("Could not write the index cache in %s: %s", self.cache_dir, exc)
+        else:
+            files, segment = [item for item in processed if isinstance(item, _File)], old
+            if touched:  # same content, new modification time: remember the new stat
+                try:
+                    self._write_cache(files, segment, old.chunks.strings)
+                except OSError as exc:
+                    log.warning("Could not write the index cache in %s: %s", self.cache_dir, exc)
+        self._files = {entry.source: entry for entry in files}
+        self.collection.set_shared(segment)
+
         if cache_problem == "none":
             report.cache = "created"
         elif cache_problem:
             report.cache = f"rebuilt ({cache_problem})"
         else:
-            report.cache = "updated" if cache_changed else "reused"
-        report.chunks = len(chunks)
+            report.cache = "updated" if changed else "reused"
+        report.chunks = len(segment)
         report.seconds = time.perf_counter() - started
         self.last_report = report
         log.info("Knowledge base %s: %s", self.folder, report.summary())
         return report
+
+    def _merge(self, processed: list[_File | _NewFile], old: Segment | None) -> tuple[list[_File], Segment, list[str]]:
+        """The new shared segment: cached files' postings carried over, processed files' terms added."""
+        old_store = old.chunks if old is not None and isinstance(old.chunks, ChunkStore) else None
+        strings: list[str] = list(old_store.strings) if old_store is not None else [""]
+        string_ids = {text: number for number, text in enumerate(strings)}
+        intern = string_ids.setdefault
+
+        files: list[_File] = []
+        columns: dict[str, list[np.ndarray]] = {name: [] for name in _CHUNK_COLUMNS}
+        old_numbers: list[np.ndarray] = []  # old chunk numbers carried over, in new order
+        new_at: list[tuple[int, _NewFile]] = []  # (first new chunk number, file)
+        vocabularies = {name: dict(old.fields[name].vocabulary) if old is not None else {} for name in FIELDS}
+        next_chunk = 0
+        for file_number, item in enumerate(sorted(processed, key=lambda i: (i.entry if isinstance(i, _NewFile) else i).source)):
+            if isinstance(item, _File):
+                entry = item
+                count = entry.chunk_count
+                if count:
+                    numbers = np.arange(entry.first_chunk, entry.first_chunk + count)
+                    old_numbers.append(numbers)
+                    for name in _CHUNK_COLUMNS:
+                        column = old_store.columns[name][numbers]
+                        columns[name].append(np.full(count, file_number, np.int32) if name == "file" else column)
+                entry = _File(entry.source, entry.sha256, entry.size, entry.mtime_ns, entry.skipped, entry.title,
+                              next_chunk, count, entry.block)
+            else:
+                entry = item.entry
+                count = len(item.chunks)
+                entry.first_chunk, entry.chunk_count = next_chunk, count
+                if count:
+                    old_numbers.append(np.full(count, -1, np.int64))
+                    new_at.append((next_chunk, item))
+                    starts, ends, offset = [], [], 0
+                    for chunk in item.chunks:
+                        length = len(chunk.text.encode("utf-8"))
+                        starts.append(offset)
+                        ends.append(offset + length)
+                        offset += length
+                    values = {
+                        "file": [file_number] * count,
+                        "position": [c.position for c in item.chunks],
+                        "page": [-1 if c.page is None else c.page for c in item.chunks],
+                        "tokens": [c.tokens for c in item.chunks],
+                        "text_start": starts,
+                        "text_end": ends,
+                        "title": [intern(c.title, len(string_ids)) for c in item.chunks],
+                        "section": [intern(c.section, len(string_ids)) for c in item.chunks],
+                        "anchor": [intern(c.anchor, len(string_ids)) for c in item.chunks],
+                    }
+                    for name in _CHUNK_COLUMNS:
+                        dtype = np.int64 if name.startswith("text_") else np.int32
+                        columns[name].append(np.asarray(values[name], dtype=dtype))
+            files.append(entry)
+            next_chunk += count
+
+        strings = list(string_ids)  # insertion order: each string at its id
+        total = next_chunk
+        merged_columns = {
+            name: (np.concatenate(parts) if parts else np.zeros(0, np.int64 if name.startswith("text_") else np.int32))
+            for name, parts in columns.items()
+        }
+        carried = np.concatenate(old_numbers) if old_numbers else np.zeros(0, np.int64)
+        fields = {}
+        for name in FIELDS:
+            vocabulary = vocabularies[name]
+            term_parts, doc_parts, freq_parts = [], [], []
+            lengths = np.zeros(total, np.float32)
+            if old is not None and (carried >= 0).any():
+                previous: FieldPostings = old.fields[name]
+                remap = np.full(previous.size, -1, np.int64)
+                kept_new = np.flatnonzero(carried >= 0)
+                remap[carried[kept_new]] = kept_new
+                term_ids, docs, freqs = previous.entries()
+                new_docs = remap[docs]
+                keep = new_docs >= 0
+                term_parts.append(term_ids[keep])
+                doc_parts.append(new_docs[keep])
+                freq_parts.append(freqs[keep])
+                lengths[kept_new] = previous.lengths[carried[kept_new]]
+            for first, item in new_at:
+                term_lists = item.terms[name]
+                added = FieldPostings.build(term_lists, vocabulary)
+                term_ids, docs, freqs = added.entries()
+                term_parts.append(term_ids)
+                doc_parts.append(docs.astype(np.int64) + first)
+                freq_parts.append(freqs)
+                lengths[first : first + len(term_lists)] = added.lengths
+            if term_parts:
+                fields[name] = FieldPostings.from_entries(
+                    vocabulary, np.concatenate(term_parts), np.concatenate(doc_parts),
+                    np.concatenate(freq_parts).astype(np.float32), lengths,
+                )
+            else:
+                fields[name] = FieldPostings(vocabulary, np.zeros(len(vocabulary) + 1, np.int64),
+                                             np.zeros(0, np.int32), np.zeros(0, np.float32), lengths)
+        store = ChunkStore(files, merged_columns, strings)
+        return files, Segment(store, fields, store.columns["file"].astype(np.int64)), strings
+
+    # --- watching ------------------------------------------------------------------------------------
+
+    def start_watching(self, debounce_ms: int = 800) -> bool:
+        """Refresh whenever files under the folder change (a background thread). False if it cannot watch."""
+        if self._watch_thread is not None:
+            return True
+        if not self.folder.is_dir():
+            log.warning("Knowledge folder %s does not exist; not watching it.", self.folder)
+            return False
+        from watchfiles import watch
+
+        stop = threading.Event()
+
+        def run() -> None:
+            try:
+                for changes in watch(self.folder, stop_event=stop, debounce=debounce_ms, raise_interrupt=False):
+                    if stop.is_set():
+                        break
+                    names = sorted({Path(path).name for _, path in changes})
+                    log.info("Knowledge folder changed (%s); refreshing.", ", ".join(names[:5]))
+                    try:
+                        self.refresh()
+                    except Exception:  # a failed refresh keeps the previous index; the next change retries
+                        log.exception("Refreshing the knowledge base failed")
+            except Exception:
+                log.exception("Watching %s stopped", self.folder)
+
+        self._watch_stop = stop
+        self._watch_thread = threading.Thread(target=run, name="knowledge-watch", daemon=True)
+        self._watch_thread.start()
+        return True
+
+    def stop_watching(self) -> None:
+        if self._watch_stop is not None:
+            self._watch_stop.set()
+        if self._watch_thread is not None:
+            self._watch_thread.join(timeout=5)
+        self._watch_stop = self._watch_thread = None

@@ -126,22 +126,13 @@ def _first_heading(sections: list[Section]) -> str:
 
 
 def load_html(data: bytes, name: str) -> tuple[str, list[Section]]:
-    from bs4 import BeautifulSoup
+    """The page title and its sections (with heading paths and anchors): see :mod:`rag.html`."""
+    from rag.html import parse_html
 
-    soup = BeautifulSoup(decode_text(data, name), "html.parser")
-    page_title = soup.title.get_text(" ", strip=True) if soup.title else ""
-    for hidden in soup(["script", "style", "noscript", "template", "head"]):
-        hidden.decompose()
-    for level in range(1, 7):
-        for heading in soup.find_all(f"h{level}"):
-            heading.replace_with(f"\n\n{'#' * level} {heading.get_text(' ', strip=True)}\n\n")
-    for block in soup.find_all(["p", "div", "li", "tr", "br", "section", "article", "pre", "blockquote"]):
-        block.insert_after("\n")
-    text = soup.get_text()
-    text = re.sub(r"[ \t\r\f\v]+", " ", text)
-    text = re.sub(r" ?\n ?", "\n", text)
-    text = re.sub(r"\n{3,}", "\n\n", text).strip()
-    return page_title, split_markdown_sections(text)
+    try:
+        return parse_html(decode_text(data, name))
+    except ValueError as exc:
+        raise LoadError(f"{name} could not be read as HTML ({exc}).") from None
 
 
 def load_pdf(data: bytes, name: str) -> list[Section]:

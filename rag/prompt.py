@@ -225,6 +225,10 @@ def build_grounded_messages(
     sources leave unused. A source that does not fit whole is cut short if a useful part fits.
     ``history_style``: HISTORY_FULL, HISTORY_SUMMARY (earlier answers cut to a sentence) or HISTORY_QUESTIONS
     (earlier questions only, in front of this one); by default chosen by :func:`history_style_for`.
+
+    Message order is system prompt, earlier turns (as plain question/answer), then one user turn with
+    this question's sources and the question: what repeats from turn to turn comes first, so a server's
+    prompt cache (llama.cpp ``--cache``) reads only the new tail of a follow-up.
     """
     budget = context_window - max_answer_tokens
     system = {"role": "system", "content": SYSTEM_PROMPT}

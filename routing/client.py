@@ -23,6 +23,7 @@ import httpx
 import openai
 
 from rag.tokens import count_message_tokens, count_tokens
+from routing.queue import ServerQueue
 from routing.reasoning import ANSWER, REASONING, InlineReasoningSplitter
 
 REASONING_EFFORTS = ("low", "medium", "high")
@@ -33,6 +34,21 @@ START_HINT = (
     "Start Foundry Local (`foundry service start`, then `foundry model run phi-4-mini`) or another "
     "OpenAI-compatible server, or point ASSISTANT_MODEL_ENDPOINT (or FOUNDRY_LOCAL_ENDPOINT) at one."
 )
+
+# How to bring each kind of server back, once we know which kind answers at the endpoint.
+RESTART_HINTS = {
+    "embedded": "The embedded llama.cpp server started with the app has stopped: restart the app (`./start.sh`).",
+    "llama.cpp": "Start the llama.cpp server at {endpoint} again (it served {models}).",
+    "ollama": "Start Ollama again (`ollama serve`); it served {models}.",
+    "vllm": "Start the vLLM server at {endpoint} again (it served {models}).",
+    "foundry": (
+        "Start Foundry Local again (`foundry service start`). Its port changes on each start: "
+        "`foundry service status` shows it; set ASSISTANT_MODEL_ENDPOINT to match."
+    ),
+    "server": "Start the model server at {endpoint} again (it served {models}).",
+}
+
+MODEL_LIST_MAX_AGE_S = 30.0  # the served-model list and health are fetched again in the background after this
 
 
 # --------------------------------------------------------------------------------------------------
@@ -178,6 +194,36 @@ class ServerRejected(ModelServerError):
     pass
 
 
+class ServerRefused(ServerUnreachable):
+    """Nothing listens at the endpoint: the server is not running."""
+
+
+class ServerCutConnection(StreamInterrupted):
+    """The connection closed before the response headers: the request was taken, then dropped."""
+
+
+class ServerSilent(ModelTimeout):
+    """The stream started, then no byte at all (no token, no keep-alive) arrived for too long."""
+
+
+class ServerOverloaded(ServerRejected):
+    """HTTP 429/503: the server is up but will not take the request now."""
+
+
+@dataclass
+class ServerHealth:
+    """What is known of the model server without waiting for it."""
+
+    models: list[str] | None = None  # served ids from the last good /models answer
+    error: ModelServerError | None = None  # the last check failed (and nothing newer succeeded)
+    checked_at: float | None = None  # time.monotonic() of the last finished check
+    checking: bool = False  # a check is running
+
+    @property
+    def known(self) -> bool:
+        return self.models is not None or self.error is not None
+
+
 # Foundry Local's execution-provider variants, and llama.cpp file names' quantisation suffixes.
 _DEVICE_SUFFIX = re.compile(r"-(?:generic|cuda|trt-?rtx|tensorrt|qnn|vitis|openvino|dml|webgpu)?-?(cpu|gpu|npu)$")
 _QUANT_SUFFIX = re.compile(r"[-_.](?:q\d[\w]*|iq\d[\w]*|f16|bf16|fp16|f32|int4|int8)$")
@@ -313,22 +359,42 @@ class ModelClient:
         connect_timeout_s: float = 3.0,
         first_token_timeout_s: float = 120.0,
         stream_idle_timeout_s: float = 60.0,
+        stream_silence_timeout_s: float = 30.0,
+        concurrency: int = 1,
+        server_kind: str | None = None,
+        model_list_max_age_s: float = MODEL_LIST_MAX_AGE_S,
     ):
         self.endpoint = endpoint.rstrip("/")
+        self.connect_timeout_s = connect_timeout_s
         self.first_token_timeout_s = first_token_timeout_s
         self.stream_idle_timeout_s = stream_idle_timeout_s
+        self.stream_silence_timeout_s = stream_silence_timeout_s
+        self.model_list_max_age_s = model_list_max_age_s
+        # "embedded", "llama.cpp", "ollama", "vllm", "foundry", "server"; None until the server has answered.
+        self.server_kind = server_kind
+        # Requests wait here for one of the server's slots, not inside the server (see routing.queue).
+        self.queue = ServerQueue(concurrency)
         # A margin so that our own first-token and idle limits fire before httpx's read timeout.
         read_timeout = max(first_token_timeout_s, stream_idle_timeout_s) + 1.0
+        timeout = httpx.Timeout(read_timeout, connect=connect_timeout_s)
         self._openai = openai.AsyncOpenAI(
             base_url=self.endpoint,
             api_key=api_key or "not-needed",
             max_retries=0,
-            timeout=httpx.Timeout(read_timeout, connect=connect_timeout_s),
+            timeout=timeout,
+            http_client=httpx.AsyncClient(
+                transport=_ByteClockTransport(httpx.AsyncHTTPTransport()),
+                timeout=timeout,
+                follow_redirects=True,
+                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+            ),
         )
         self._resolved: dict[str, str] = {}
         self.resolutions: dict[str, Resolution] = {}  # alias -> how it was resolved, for the welcome
         self._logprobs_supported: dict[str, bool] = {}
         self._effort_supported: dict[str, bool] = {}
+        self.health = ServerHealth()
+        self._check: asyncio.Task | None = None
 
     @classmethod
     def from_settings(cls, settings) -> "ModelClient":
@@ -338,28 +404,109 @@ class ModelClient:
             connect_timeout_s=settings.connect_timeout_s,
             first_token_timeout_s=settings.first_token_timeout_s,
             stream_idle_timeout_s=settings.stream_idle_timeout_s,
+            stream_silence_timeout_s=getattr(settings, "stream_silence_timeout_s", 30.0),
+            concurrency=getattr(settings, "server_concurrency", 1),
+            server_kind="embedded" if getattr(settings, "embedded_active", False) else None,
         )
 
+
     async def close(self) -> None:
+        if self._check is not None:
+            self._check.cancel()
         await self._openai.close()
 
-    async def list_models(self) -> list[str]:
+    # ------------------------------------------------------------------ served models and health
+    # llama.cpp's server answers GET /models behind the lock its generation holds: asked while it
+    # answers, the list waits for the whole answer. So the list is kept, served from memory, and
+    # fetched again in the background once it is older than model_list_max_age_s.
+
+    async def _fetch_models(self) -> list[str]:
         try:
             page = await self._openai.models.list()
-        except openai.APIConnectionError as exc:
-            raise _as_model_error(exc, self.endpoint) from exc
-        except openai.APIStatusError as exc:
-            raise ServerRejected(f"The model server at {self.endpoint} answered {exc.status_code} to /models.") from exc
-        return [model.id for model in page.data]
+        except (openai.APIConnectionError, openai.APIStatusError) as exc:
+            raise _as_model_error(exc, self.endpoint, hint=self.restart_hint()) from exc
+        models = [model.id for model in page.data]
+        if self.server_kind is None:
+            self.server_kind = _server_kind([getattr(model, "owned_by", "") or "" for model in page.data], self.endpoint)
+        return models
+
+    async def _run_check(self) -> list[str]:
+        self.health.checking = True
+        try:
+            models = await self._fetch_models()
+        except ModelServerError as exc:
+            busy = self.queue.running > 0 and isinstance(exc, ModelTimeout)
+            if not (busy and self.health.models is not None):  # a server busy answering is not down
+                self.health.error = exc
+            self.health.checked_at = time.monotonic()
+            raise
+        finally:
+            self.health.checking = False
+        self.health = ServerHealth(models=models, checked_at=time.monotonic())
+        return models
+
+    def _start_check(self) -> asyncio.Task:
+        """One check at a time: callers that arrive while one runs share it."""
+        if self._check is None or self._check.done():
+            self._check = asyncio.ensure_future(self._run_check())
+            # A background check's failure is recorded in self.health; nobody awaits it necessarily.
+            self._check.add_done_callback(lambda task: task.cancelled() or task.exception())
+        return self._check
+
+    def _fresh(self) -> bool:
+        checked = self.health.checked_at
+        return checked is not None and time.monotonic() - checked < self.model_list_max_age_s
+
+    async def list_models(self, *, refresh: bool = False) -> list[str]:
+        """The served model ids. From memory while fresh; a stale list is returned at once and fetched
+        again in the background; with no list yet (or ``refresh``), waits for the server."""
+        if not refresh and self.health.models is not None:
+            if not self._fresh():
+                self._start_check()
+            return list(self.health.models)
+        return list(await asyncio.shield(self._start_check()))
+
+    async def server_health(self, wait_s: float = 0.15) -> ServerHealth:
+        """What is known now, never waiting more than ``wait_s`` (for a welcome message): starts a check
+        in the background when the last one is stale."""
+        if not self._fresh() and not (self._check is not None and not self._check.done()):
+            self._start_check()
+        if not self.health.known and self._check is not None and not self._check.done():
+            await asyncio.wait({self._check}, timeout=wait_s)
+        return self.health
+
+    def cached_resolution(self, alias: str) -> str | None:
+        """The served id for ``alias`` from the kept list, without asking the server (None if unknown)."""
+        if alias in self._resolved:
+            return self._resolved[alias]
+        if self.health.models is None:
+            return None
+        try:
+            return resolve_alias(alias, self.health.models)
+        except ModelNotFound:
+            return None
 
     async def resolve(self, alias: str, *, refresh: bool = False) -> str:
         if not refresh and alias in self._resolved:
             return self._resolved[alias]
-        served = await self.list_models()
-        resolution = explain_alias(alias, served)
+        served = await self.list_models(refresh=refresh)
+        try:
+            resolution = explain_alias(alias, served)
+        except ModelNotFound:
+            if refresh:
+                raise
+            # The kept list may predate a model loaded since: ask once more before saying it is not served.
+            resolution = explain_alias(alias, await self.list_models(refresh=True))
         self.resolutions[alias] = resolution
         self._resolved[alias] = resolution.model
         return resolution.model
+
+    def restart_hint(self) -> str:
+        """What to do when the server stops answering, for the kind of server that answered here."""
+        if self.server_kind is None:
+            return START_HINT
+        models = ", ".join(f"`{m}`" for m in (self.health.models or [])) or "its models"
+        return RESTART_HINTS.get(self.server_kind, RESTART_HINTS["server"]).format(endpoint=self.endpoint, models=models)
 
     def stream(
         self,
@@ -447,7 +594,8 @@ class ChatStream:
         self.response.error = "timeout"
         return ModelTimeout(
             f"The model server at {self._client.endpoint} did not start answering within "
-            f"{self._client.first_token_timeout_s:g} s.",
+            f"{self._client.first_token_timeout_s:g} s of receiving the question (it may be reading a long "
+            "prompt or stuck). Ask again, or raise ASSISTANT_FIRST_TOKEN_TIMEOUT_S for a slow model.",
             partial=self.response,
         )
 
@@ -461,7 +609,8 @@ class ChatStream:
         except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
             raise ServerRejected(f"The model server rejected the request: {exc.message}", partial=self.response) from exc
         except (openai.APIConnectionError, openai.APIStatusError) as exc:
-            raise _as_model_error(exc, self._client.endpoint, self.response) from exc
+            self.response.error = exc.__class__.__name__
+            raise _as_model_error(exc, self._client.endpoint, self.response, hint=self._client.restart_hint()) from exc
 
     async def _create(self, model_id: str, want_logprobs: bool, effort: str | None = None):
         kwargs = dict(
@@ -521,27 +670,10 @@ class ChatStream:
         iterator = self._upstream.__aiter__()
         while True:
             # Thinking is progress: after the first token of any kind, only the idle limit applies.
-            waiting_for_first = timings.first_token is None
-            timeout = self._first_token_wait_left() if waiting_for_first else self._client.stream_idle_timeout_s
             try:
-                chunk = await _next_within(iterator, timeout)
+                chunk = await self._next_chunk(iterator)
             except StopAsyncIteration:
                 break
-            except (asyncio.TimeoutError, httpx.TimeoutException) as exc:
-                if waiting_for_first:
-                    raise self._first_token_timeout() from exc
-                response.error = "timeout"
-                raise ModelTimeout(
-                    f"The model server did not send the next token within {timeout:g} s; the answer so far is kept.",
-                    partial=response,
-                ) from exc
-            except (httpx.HTTPError, openai.APIError) as exc:
-                response.error = f"stream interrupted: {exc.__class__.__name__}"
-                raise StreamInterrupted(
-                    f"The model server stopped in the middle of the answer ({exc.__class__.__name__}); "
-                    "the answer so far is kept.",
-                    partial=response,
-                ) from exc
 
             if chunk.usage is not None:
                 self._read_usage(chunk.usage)
@@ -580,6 +712,72 @@ class ChatStream:
             yield part
         self._finished = True
         timings.finished = time.perf_counter()
+
+    async def _next_chunk(self, iterator):
+        """The next parsed chunk, within the stream's limits: the first-token limit (from the request),
+        the idle limit between tokens, and the silence limit (no byte at all, not even a keep-alive,
+        since the last one: a server that sent its headers and then went quiet)."""
+        client = self._client
+        timings = self.response.timings
+        clock = _byte_clock(self._upstream)
+        pending = asyncio.ensure_future(iterator.__anext__())
+        waited_from = time.perf_counter()
+        try:
+            while True:
+                waiting_for_first = timings.first_token is None
+                left = (self._first_token_wait_left() if waiting_for_first
+                        else client.stream_idle_timeout_s - (time.perf_counter() - waited_from))
+                silence_left = (client.stream_silence_timeout_s - (time.perf_counter() - clock.last_byte)
+                                if clock is not None else left)
+                done, _ = await asyncio.wait({pending}, timeout=max(min(left, silence_left), 0.0))
+                if done:
+                    return pending.result()
+                if clock is not None and time.perf_counter() - clock.last_byte >= client.stream_silence_timeout_s:
+                    raise self._silent()
+                if left <= 0 or (waiting_for_first and self._first_token_wait_left() <= 0):
+                    raise self._first_token_timeout() if waiting_for_first else self._idle_timeout()
+        except StopAsyncIteration:
+            raise
+        except httpx.TimeoutException as exc:
+            raise (self._first_token_timeout() if timings.first_token is None else self._idle_timeout()) from exc
+        except (httpx.HTTPError, openai.APIError) as exc:
+            raise self._cut(exc) from exc
+        finally:
+            if not pending.done():
+                pending.cancel()
+
+    def _kept(self) -> str:
+        text = self.response.text
+        if not text:
+            return "Nothing of the answer had arrived."
+        tokens = count_tokens(text)
+        return f"The {tokens} token{'s' if tokens != 1 else ''} that arrived {'are' if tokens != 1 else 'is'} kept above."
+
+    def _silent(self) -> ServerSilent:
+        self.response.error = "silent"
+        what = "started its answer" if self.response.timings.first_token is not None else "accepted the request"
+        return ServerSilent(
+            f"The model server at {self._client.endpoint} {what}, then sent nothing at all for "
+            f"{self._client.stream_silence_timeout_s:g} s (no text, no keep-alive): it looks stuck. {self._kept()} "
+            f"Ask again; if it stays silent, restart it. {self._client.restart_hint()}",
+            partial=self.response,
+        )
+
+    def _idle_timeout(self) -> ModelTimeout:
+        self.response.error = "timeout"
+        return ModelTimeout(
+            f"The model server at {self._client.endpoint} stopped sending text for "
+            f"{self._client.stream_idle_timeout_s:g} s in the middle of the answer. {self._kept()} Ask again.",
+            partial=self.response,
+        )
+
+    def _cut(self, exc: Exception) -> StreamInterrupted:
+        self.response.error = f"stream interrupted: {exc.__class__.__name__}"
+        return StreamInterrupted(
+            f"The model server at {self._client.endpoint} closed the connection in the middle of the answer "
+            f"(it may have crashed or restarted). {self._kept()} Ask again. {self._client.restart_hint()}",
+            partial=self.response,
+        )
 
     def _record(self, part: tuple[str, str]) -> None:
         kind, text = part
@@ -650,23 +848,110 @@ def _rejected_parameter(exc: ServerRejected) -> str | None:
     return None
 
 
-def _as_model_error(exc: Exception, endpoint: str, partial: Response | None = None) -> ModelServerError:
-    if isinstance(exc, openai.APITimeoutError):
-        return ModelTimeout(f"The model server at {endpoint} timed out. {START_HINT}", partial=partial)
+def _causes(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _as_model_error(
+    exc: Exception, endpoint: str, partial: Response | None = None, *, hint: str = START_HINT
+) -> ModelServerError:
+    """A failure before the response headers, told as what happened and what to do."""
+    causes = list(_causes(exc))
     if isinstance(exc, openai.APIConnectionError):
-        return ServerUnreachable(f"Cannot reach the model server at {endpoint}. {START_HINT}", partial=partial)
+        if any(isinstance(c, ConnectionRefusedError) or "connection refused" in str(c).lower()
+               or getattr(c, "errno", None) == 111 for c in causes):
+            return ServerRefused(
+                f"Nothing is listening at {endpoint} (connection refused): the model server is not running. {hint}",
+                partial=partial,
+            )
+        if any(isinstance(c, httpx.ConnectTimeout) for c in causes) or (
+            isinstance(exc, openai.APITimeoutError) and not any(isinstance(c, httpx.ReadTimeout) for c in causes)
+        ):
+            return ServerUnreachable(
+                f"No answer from {endpoint} to a connection attempt: the host is unreachable or the server is hung. "
+                f"{hint}",
+                partial=partial,
+            )
+        if isinstance(exc, openai.APITimeoutError):
+            return ModelTimeout(f"The model server at {endpoint} did not answer in time. {hint}", partial=partial)
+        if any(isinstance(c, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)) for c in causes):
+            return ServerCutConnection(
+                f"The model server at {endpoint} took the request, then closed the connection before answering "
+                f"(it may have crashed or restarted). Ask again. {hint}",
+                partial=partial,
+            )
+        return ServerUnreachable(f"Cannot reach the model server at {endpoint}. {hint}", partial=partial)
     if isinstance(exc, openai.APIStatusError):
+        if exc.status_code in (429, 503):
+            return ServerOverloaded(
+                f"The model server at {endpoint} is busy and turned the request away (HTTP {exc.status_code}: "
+                f"{exc.message}). Wait a moment and ask again.",
+                partial=partial,
+            )
         return ServerRejected(
             f"The model server at {endpoint} answered HTTP {exc.status_code}: {exc.message}", partial=partial
         )
     return ModelServerError(str(exc), partial=partial)
 
 
-async def _next_within(iterator, timeout: float):
-    """``iterator.__anext__()`` with a time limit. Before Python 3.12, ``asyncio.wait_for`` returns the result
-    and drops a cancellation that arrives as the result does (measured: the Stop button lost about one press
-    in two against a fast stream); ``asyncio.timeout`` (3.11+) keeps it."""
-    if hasattr(asyncio, "timeout"):
-        async with asyncio.timeout(timeout):
-            return await iterator.__anext__()
-    return await asyncio.wait_for(iterator.__anext__(), timeout=timeout)
+def _server_kind(owners: list[str], endpoint: str) -> str:
+    """Which server answers, from the ``owned_by`` of its models (llama-cpp-python says "me")."""
+    owned = {owner.lower() for owner in owners}
+    if owned & {"me", "llamacpp", "llama.cpp"}:
+        return "llama.cpp"
+    if "vllm" in owned:
+        return "vllm"
+    if "library" in owned or endpoint.rstrip("/").endswith(":11434/v1"):
+        return "ollama"
+    if any("microsoft" in owner for owner in owned):
+        return "foundry"
+    return "server"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Time of the last byte received on each response, keep-alives included (the OpenAI SDK hides those).
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _ByteClock:
+    last_byte: float
+
+
+class _ClockedStream(httpx.AsyncByteStream):
+    def __init__(self, inner, clock: _ByteClock):
+        self._inner = inner
+        self._clock = clock
+
+    async def __aiter__(self):
+        async for part in self._inner:
+            self._clock.last_byte = time.perf_counter()
+            yield part
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _ByteClockTransport(httpx.AsyncBaseTransport):
+    def __init__(self, inner: httpx.AsyncBaseTransport):
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        clock = _ByteClock(time.perf_counter())
+        response.stream = _ClockedStream(response.stream, clock)
+        response.extensions["byte_clock"] = clock
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def _byte_clock(upstream) -> _ByteClock | None:
+    response = getattr(upstream, "response", None)
+    extensions = getattr(response, "extensions", None) or {}
+    return extensions.get("byte_clock")

@@ -18,3 +18,20 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+
+# The demo page's in-browser engine (npm @wllama/wllama, pinned in package-lock.json), installed once per
+# lockfile change with the machine's own npm. Without npm the app still runs; the demo page says why
+# in-browser mode is unavailable.
+npm_stamp="node_modules/.installed-$(sha256sum package-lock.json | cut -c1-16)"
+if [ ! -f "$npm_stamp" ]; then
+  if command -v npm >/dev/null 2>&1; then
+    echo "Installing the demo page's in-browser engine with npm (package-lock.json)..."
+    if npm ci --ignore-scripts --no-audit --no-fund --loglevel=error; then
+      touch "$npm_stamp"
+    else
+      echo "npm ci failed: the demo page's in-browser mode stays unavailable (the rest of the app is unaffected)." >&2
+    fi
+  else
+    echo "npm not found: the demo page's in-browser mode is unavailable (install Node.js with npm to enable it)." >&2
+  fi
+fi

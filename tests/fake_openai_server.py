@@ -40,6 +40,7 @@ class Script:
     finish_reason: str = "stop"
     role_chunk_first: bool = True  # llama.cpp sends a role-only chunk first
     headers_delay: float = 0.0  # seconds before the response headers (a server busy with the prompt)
+    ping_every: float | None = None  # SSE comment lines while waiting for the first token (sse-starlette's keep-alive)
     # A reasoning model's thinking, streamed before ``tokens`` in a delta field of its own:
     # "reasoning_content" (Foundry Local, llama.cpp, vLLM < Nov 2025) or "reasoning" (Ollama, vLLM).
     # Inline dialects (Harmony, <think>) put their markers in ``tokens`` instead.
@@ -60,6 +61,7 @@ class RequestRecord:
     client_disconnected: bool = False
     completed: bool = False
     ended: float | None = None
+    first_content_at: float | None = None  # when the first content chunk was handed to the server to send
 
 
 class FakeOpenAIServer:
@@ -68,6 +70,8 @@ class FakeOpenAIServer:
         self.scripts: dict[str, list[Script]] = {}
         self.default_script = Script()
         self.requests: list[RequestRecord] = []
+        self.in_flight = 0
+        self.max_in_flight = 0  # chat requests being answered at once, at most
         self.port = _free_port()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -103,6 +107,18 @@ class FakeOpenAIServer:
     async def _chat(self, request: Request):
         body = await request.json()
         model = body.get("model", "")
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        streaming = False
+        try:
+            response = await self._answer(request, body, model)
+            streaming = isinstance(response, StreamingResponse)  # then the stream's end releases the count
+            return response
+        finally:
+            if not streaming:
+                self.in_flight -= 1
+
+    async def _answer(self, request: Request, body: dict, model: str):
         record = RequestRecord(model=model, body=body, received=time.perf_counter())
         self.requests.append(record)
         script = self._next_script(model)
@@ -127,7 +143,15 @@ class FakeOpenAIServer:
         try:
             if script.role_chunk_first:
                 yield _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]})
-            await asyncio.sleep(script.first_token_delay)
+            if script.ping_every:
+                waited = 0.0
+                while waited < script.first_token_delay:
+                    step = min(script.ping_every, script.first_token_delay - waited)
+                    await asyncio.sleep(step)
+                    waited += step
+                    yield ": ping\n\n"
+            else:
+                await asyncio.sleep(script.first_token_delay)
             for i, thought in enumerate(script.reasoning):
                 if i:
                     await asyncio.sleep(script.reasoning_delay)
@@ -149,6 +173,8 @@ class FakeOpenAIServer:
                 elif want_logprobs:
                     lp = script.logprobs[i] if i < len(script.logprobs) else script.logprobs[-1]
                     choice["logprobs"] = {"content": [{"token": token, "logprob": lp, "bytes": None, "top_logprobs": []}]}
+                if record.first_content_at is None:
+                    record.first_content_at = time.perf_counter()
                 yield _sse({**base, "choices": [choice]})
                 record.tokens_sent = i + 1
             yield _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": script.finish_reason}]})
@@ -169,6 +195,7 @@ class FakeOpenAIServer:
             raise
         finally:
             record.ended = time.perf_counter()
+            self.in_flight -= 1
 
     # ----------------------------------------------------------------------------- lifecycle
     def start(self) -> "FakeOpenAIServer":
@@ -219,3 +246,88 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class HeaderCuttingServer:
+    """Answers GET /v1/models, takes each chat request, starts the response headers and closes the
+    connection before they are complete: a server that dies while answering (raw TCP, loopback)."""
+
+    def __init__(self, models: list[str]):
+        self.models = list(models)
+        self.port = _free_port()
+        self.chat_requests = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._server = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            if head.startswith(b"GET"):
+                body = json.dumps({"object": "list", "data": [
+                    {"id": m, "object": "model", "owned_by": "me"} for m in self.models]}).encode()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                             + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            else:
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                await reader.readexactly(length)
+                self.chat_requests += 1
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n")  # never finished
+            await writer.drain()
+        finally:
+            writer.close()
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port))
+        self._ready.set()
+        self._loop.run_forever()
+
+    def __enter__(self) -> "HeaderCuttingServer":
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.close()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve a scripted model on loopback until interrupted (for benchmarks and manual checks)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--models", default="fake-small,fake-large")
+    parser.add_argument("--tokens", type=int, default=40)
+    parser.add_argument("--first-token-delay", type=float, default=0.5)
+    parser.add_argument("--token-delay", type=float, default=0.02)
+    args = parser.parse_args(argv)
+    server = FakeOpenAIServer(args.models.split(","))
+    if args.port:
+        server.port = args.port
+    server.default_script = Script(tokens=[f" word{i}" for i in range(args.tokens)],
+                                   first_token_delay=args.first_token_delay, token_delay=args.token_delay)
+    server.start()
+    print(server.base_url, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -162,8 +162,11 @@ def test_bad_requests_are_400_with_a_message_and_reach_no_model(fake, base_url, 
     assert fake.requests == []
 
 
-def test_body_that_is_not_json_is_400(base_url):
+def test_body_that_is_not_json_is_refused_with_a_message(base_url):
     response = httpx.post(base_url + "/demo/api/stream", content=b"prompt=hi", timeout=5)
+    assert response.status_code == 415 and "JSON" in response.json()["error"]  # no JSON content type
+    response = httpx.post(base_url + "/demo/api/stream", content=b"prompt=hi", timeout=5,
+                          headers={"Content-Type": "application/json"})
     assert response.status_code == 400 and "JSON" in response.json()["error"]
 
 
@@ -176,9 +179,9 @@ def test_model_server_down_gives_an_error_notice_with_the_hint():
     assert [n for n, _ in events] == ["sources", "prompt", "notice", "done"]
     notice = events[2][1]
     assert notice["level"] == "error"
-    assert "Cannot reach the model server" in notice["message"] and "ASSISTANT_MODEL_ENDPOINT" in notice["message"]
+    assert "Nothing is listening at" in notice["message"] and "ASSISTANT_MODEL_ENDPOINT" in notice["message"]
     assert events[-1][1]["answered_by"] is None
-    assert info["roles"]["small"]["model"] is None and "Cannot reach" in info["roles"]["small"]["error"]
+    assert info["roles"]["small"]["model"] is None and "connection refused" in info["roles"]["small"]["error"]
 
 
 def test_info_names_the_served_models_and_the_host_but_not_the_key(fake, base_url):

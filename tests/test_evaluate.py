@@ -178,7 +178,7 @@ def test_failures_during_the_run_give_exit_code_1(workspace, monkeypatch, capsys
         fake.script(SMALL, Script(tokens=["Employees", " get", " 25"], logprobs=[-0.1] * 3, drop_after=1))
         code = main([str(workspace / "questions.jsonl"), "--modes", "small", "--limit", "1"])
     assert code == 1
-    assert "stopped in the middle" in capsys.readouterr().err
+    assert "closed the connection in the middle of the answer" in capsys.readouterr().err
 
 
 def test_judge_model_grades_answers(workspace, monkeypatch, capsys):

@@ -256,10 +256,10 @@ async def test_stream_cut_midway_keeps_the_partial_text(fake):
     fake.script(SMALL, Script(tokens=words(LONG_SMALL), logprobs=[SURE] * 30, drop_after=4))
     events = await collect(make_pipeline(fake))
     notice = of(events, Notice)[0]
-    assert notice.level == "error" and "stopped in the middle" in notice.message
+    assert notice.level == "error" and "in the middle of the answer" in notice.message
     end = finished(events)
     assert end.text == "".join(words(LONG_SMALL)[:4])
-    assert end.answered_by == SMALL
+    assert end.answered_by is None  # a cut-short answer is partial text, not an answer by the model
     assert end.metrics.legs[0].outcome == "failed"
     assert not fake.requests_for(LARGE)
 
@@ -407,16 +407,30 @@ async def test_a_failing_search_answers_without_sources_and_warns(fake):
     assert not finished(events).supported and finished(events).answered_by == SMALL
 
 
-async def test_documents_are_searched_with_the_knowledge_base_and_merged(fake):
+async def test_a_conversations_documents_are_searched_once_in_place_of_the_knowledge_base(fake):
+    # A DocumentSet's search already covers the shared knowledge base (one scoped search, one scale).
     fake.script(SMALL, answer(LONG_SMALL))
-    uploads = WordOverlapRetriever([EXPENSES])
+    uploads = WordOverlapRetriever([EXPENSES, VACATION])
     knowledge = WordOverlapRetriever([VACATION])
     question = "Are receipts required for expenses above 20 euros?"
     events = await collect(make_pipeline(fake, retriever=knowledge), question=question, documents=uploads)
-    assert uploads.queries == [question] and knowledge.queries == [question]
+    assert uploads.queries == [question] and knowledge.queries == []
     found = of(events, SourcesFound)[0]
     assert [s.chunk.source for s in found.sources][0] == "expenses.md"
+    assert found.query == question
     assert found.retrieval_ms >= 0 and of(events, PromptBuilt)[0].prompt_tokens > 0
+
+
+async def test_a_follow_up_is_searched_with_the_earlier_questions_terms(fake):
+    fake.script(SMALL, answer(LONG_SMALL))
+    knowledge = WordOverlapRetriever([EXPENSES, VACATION])
+    history = [{"role": "user", "content": "How many vacation days do employees get?"},
+               {"role": "assistant", "content": "25 days [1]."}]
+    events = await collect(make_pipeline(fake, retriever=knowledge), question="Can I carry them over?",
+                           history=history)
+    found = of(events, SourcesFound)[0]
+    assert found.query == knowledge.queries[0]
+    assert found.query.startswith("Can I carry them over?") and "vacation" in found.query and "employees" in found.query
 
 
 async def test_reference_text_becomes_the_sources(fake):

@@ -1,5 +1,5 @@
-"""Which retrieved chunks reach the prompt: the score floor holds for the shared knowledge base, while a
-conversation's own uploads (a tiny collection with low BM25 scores) count whenever they match."""
+"""Which retrieved chunks reach the prompt: one score floor for shared knowledge and uploads alike, since a
+conversation's uploads are scored in the same collection as the knowledge base."""
 
 from pathlib import Path
 
@@ -26,7 +26,7 @@ def fake():
 
 def knowledge_base(tmp_path: Path) -> KnowledgeBase:
     folder = tmp_path / "knowledge"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     (folder / "cooking.md").write_text("# Cooking\n\nBoil the pasta for nine minutes in salted water.\n")
     (folder / "garden.md").write_text("# Garden\n\nWater the tomatoes every morning before the heat.\n")
     (folder / "release.md").write_text("# Releases\n\nA release train leaves when the checklist is green.\n")
@@ -43,16 +43,23 @@ async def run(fake, kb, documents, question):
     return next(e for e in events if isinstance(e, SourcesFound)), next(e for e in events if isinstance(e, PromptBuilt))
 
 
-async def test_a_one_chunk_upload_reaches_the_prompt_despite_its_low_score(fake, tmp_path):
+async def test_an_upload_with_the_answer_is_a_strong_source(fake, tmp_path):
     kb = knowledge_base(tmp_path)
-    docs = DocumentSet()
+    docs = DocumentSet(collection=kb.collection, scope="conversation-1")
     upload = tmp_path / "heron.md"
     upload.write_text("# Heron\n\nThe Heron release train departs every ninth Thursday.\n")
     docs.add_file(upload, "heron.md")
-    hit = docs.search("When does the Heron release train depart?", 5)[0]
-    assert 0 < hit.score < 1.0  # below the knowledge base's floor: the case this rule exists for
+    question = "When does the Heron release train depart?"
+    hits = docs.search(question, 5)
+    assert hits[0].chunk.source == "heron.md" and hits[0].chunk.scope == "conversation-1"
+    assert hits[0].score >= 1.0  # over the same floor as shared knowledge: it reads as a strong match
+    # The same file in the shared folder would score the same: one set of collection statistics.
+    shared_kb = knowledge_base(tmp_path / "shared-copy")
+    (shared_kb.folder / "heron.md").write_text(upload.read_text())
+    shared_kb.refresh()
+    assert shared_kb.search(question, 1)[0].score == pytest.approx(hits[0].score)
 
-    found, prompt = await run(fake, kb, docs, "When does the Heron release train depart?")
+    found, prompt = await run(fake, kb, docs, question)
     used = [s.chunk.source for s in prompt.sources_used]
     assert used[0] == "heron.md"
     assert found.supported
@@ -62,7 +69,7 @@ async def test_a_one_chunk_upload_reaches_the_prompt_despite_its_low_score(fake,
 
 async def test_weak_knowledge_matches_stay_out_of_the_prompt(fake, tmp_path):
     kb = knowledge_base(tmp_path)
-    found, prompt = await run(fake, kb, DocumentSet(), "What colour is the sky on Mars?")
+    found, prompt = await run(fake, kb, DocumentSet(collection=kb.collection), "What colour is the sky on Mars?")
     assert all(s.score < 1.0 for s in found.sources)
     assert prompt.sources_used == [] and not found.supported
 

@@ -74,7 +74,8 @@ def test_state_round_trip_through_json():
     assert restored.documents() == documents.documents()
     assert (restored.chunk_tokens, restored.chunk_overlap) == (60, 10)
     for query in ("satellites point 7", "Mars"):
-        assert [r.chunk for r in restored.search(query, 3)] == [r.chunk for r in documents.search(query, 3)]
+        assert [(r.chunk.id, r.chunk.text, r.score) for r in restored.search(query, 3)] == [
+            (r.chunk.id, r.chunk.text, r.score) for r in documents.search(query, 3)]
     with pytest.raises(DuplicateDocument):
         restored.add_bytes(pdf_bytes(["Moon page.", "Mars page."]), "again.pdf")
 

@@ -76,17 +76,18 @@ def test_damaged_cache_is_rebuilt_with_a_log_line(folder, tmp_path, caplog, dama
     assert KnowledgeBase(folder, tmp_path / "cache").refresh().cache == "reused"
 
 
-def test_damaged_bm25s_index_is_rebuilt(folder, tmp_path, caplog):
-    KnowledgeBase(folder, tmp_path / "cache", backend="bm25s").refresh()
-    [saved] = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
-    for file in saved.iterdir():
-        file.write_bytes(b"garbage")
+@pytest.mark.parametrize("part", ["arrays.npz", "texts.bin"])
+def test_damaged_arrays_or_texts_are_rebuilt(folder, tmp_path, caplog, part):
+    kb = KnowledgeBase(folder, tmp_path / "cache")
+    kb.refresh()
+    path = kb.cache_path / part
+    path.write_bytes(path.read_bytes()[:10])
     with caplog.at_level(logging.WARNING, logger="rag.knowledge"):
-        kb = KnowledgeBase(folder, tmp_path / "cache", backend="bm25s")
-        report = kb.refresh()
-    assert "damaged" in caplog.text
-    assert report.processed == []  # chunks came from the cache; only the index was rebuilt
-    assert kb.search("parrot", 1)[0].chunk.source == "pets.md"
+        restarted = KnowledgeBase(folder, tmp_path / "cache")
+        report = restarted.refresh()
+    assert "damaged" in caplog.text and report.cache.startswith("rebuilt (damaged")
+    assert restarted.search("parrot", 1)[0].chunk.source == "pets.md"
+    assert KnowledgeBase(folder, tmp_path / "cache").refresh().cache == "reused"
 
 
 def test_changed_chunk_settings_rebuild(folder, tmp_path):
@@ -96,13 +97,12 @@ def test_changed_chunk_settings_rebuild(folder, tmp_path):
 
 
 def test_cache_writes_leave_no_temporary_files(folder, tmp_path):
-    kb = KnowledgeBase(folder, tmp_path / "cache", backend="bm25s")
+    kb = KnowledgeBase(folder, tmp_path / "cache")
     kb.refresh()
     write(folder / "extra.md", "More text.")
     kb.refresh()
-    names = [p.name for p in (tmp_path / "cache").iterdir()]
-    assert not [n for n in names if n.startswith(".")]
-    assert len([n for n in names if "bm25s" in n]) == 1  # the stale saved index was removed
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [kb.cache_path.name]
+    assert sorted(p.name for p in kb.cache_path.iterdir()) == ["arrays.npz", "manifest.json", "texts.bin"]
 
 
 def test_missing_folder_gives_an_empty_knowledge_base(tmp_path):
@@ -145,14 +145,13 @@ async def test_asearch_runs_in_a_worker_thread(folder, tmp_path):
     await kb.arefresh()
     main_thread = threading.get_ident()
     seen = []
-    original = kb._index.search
+    original = kb.collection.search
 
-    class Spy:
-        def search(self, query, k):
-            seen.append(threading.get_ident())
-            return original(query, k)
+    def spy(query, k, scope):
+        seen.append(threading.get_ident())
+        return original(query, k, scope)
 
-    kb._index = Spy()
+    kb.collection.search = spy
     results = await asyncio.gather(kb.asearch("parrot", 2), kb.asearch("espresso", 2))
     assert results[0][0].chunk.source == "pets.md"
     assert seen and all(ident != main_thread for ident in seen)

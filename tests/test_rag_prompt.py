@@ -136,3 +136,31 @@ def test_reference_text_sources_cover_the_text_in_order():
     assert all(s.chunk.source == "reference text" and s.chunk.tokens <= 100 for s in sources)
     assert [s.chunk.position for s in sources] == list(range(len(sources)))
     assert "Line 199 of the pasted reference." in sources[-1].chunk.text
+
+
+def test_a_follow_up_prompt_starts_with_the_previous_one_so_a_prompt_cache_can_reuse_it():
+    """Instructions, then earlier turns, then this turn's sources and question: what repeats comes first.
+
+    A server's prompt cache (llama.cpp --cache) resumes from the longest matching start; everything of
+    turn 1 that turn 3 sends again must come before anything that changes.
+    """
+    history: list[dict] = []
+    prompts = []
+    for number, question in enumerate(["When is the release?", "Who signs it off?", "Where is it announced?"]):
+        prompt = build_grounded_messages(
+            question,
+            [source(f"Fact {number}: the release is on May {number + 3}.", f"plan{number}.md")],
+            history=history,
+        )
+        prompts.append(prompt.messages)
+        history = history + [{"role": "user", "content": question}, {"role": "assistant", "content": f"Answer {number}."}]
+    first, _, third = prompts
+    assert third[0] == first[0] and third[0]["role"] == "system"
+    # Turn 3 repeats turn 1 and 2 as plain turns, in order, before its own grounded question.
+    assert [m["content"] for m in third[1:5]] == [
+        "When is the release?", "Answer 0.", "Who signs it off?", "Answer 1.",
+    ]
+    last = third[-1]["content"]
+    assert third[-1]["role"] == "user" and last.index("<sources>") < last.index("Where is it announced?")
+    # Nothing from an earlier turn's sources leaks into the repeated part.
+    assert all("Fact 0" not in m["content"] for m in third[:-1])

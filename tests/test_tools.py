@@ -120,7 +120,7 @@ def test_compare_reports_an_unknown_model_and_still_runs_the_other(server, monke
     small, large = json.loads(capsys.readouterr().out)["results"]
     assert small["ok"] and small["ttft_ms"] >= 95 and small["completion_tokens"] == 10
     assert not large["ok"] and large["alias"] == "llama-70b"
-    assert "ModelNotFound" in large["error"] and SMALL_ID in large["error"]
+    assert "No served model matches 'llama-70b'" in large["error"] and SMALL_ID in large["error"]
     assert server.requests_for("llama-70b") == []
 
 
@@ -129,7 +129,7 @@ def test_compare_fails_only_when_every_model_fails(monkeypatch, capsys):
     monkeypatch.setenv("ASSISTANT_MODEL_ENDPOINT", endpoint)
     assert compare.main(["hi"]) == 1
     out = capsys.readouterr().out
-    assert out.count("FAILED: ServerUnreachable") == 2
+    assert out.count("FAILED: ServerRefused: Nothing is listening at") == 2  # connection refused: not running
     assert endpoint in out and "ASSISTANT_MODEL_ENDPOINT" in out
 
 
@@ -196,7 +196,7 @@ def test_bench_with_the_server_down_exits_non_zero(monkeypatch, capsys):
     monkeypatch.setenv("ASSISTANT_MODEL_ENDPOINT", f"http://127.0.0.1:{_free_port()}/v1")
     assert bench.main(["--rounds", "1", "--quiet"]) == 1
     out = capsys.readouterr().out
-    assert out.count("FAILED phi-4-mini: ServerUnreachable") == 1 and "FAILED gpt-oss-20b: ServerUnreachable" in out
+    assert out.count("FAILED phi-4-mini: ServerRefused") == 1 and "FAILED gpt-oss-20b: ServerRefused" in out
 
 
 def test_bench_logprobs_both_runs_each_model_with_and_without(server, capsys):

@@ -105,3 +105,39 @@ def test_demo_fits_a_phone_screen(app_server, browser):
         assert page.is_visible("#send") and page.is_visible("#chart-small") and page.is_visible("#chart-large")
     finally:
         context.close()
+
+
+def test_page_explains_when_in_browser_mode_is_unavailable(browser, tmp_path):
+    """No npm package and no model file: the third engine cannot be chosen and the page says why, plainly."""
+    from fastapi import FastAPI
+
+    from assistant.demo import install_demo_routes
+    from assistant.pipeline import Pipeline
+    from assistant.settings import load_settings
+    from routing.client import ModelClient
+    from tests.fake_openai_server import FakeOpenAIServer
+    from tests.test_demo_api import serve
+
+    with FakeOpenAIServer(["small-model", "large-model"]) as fake:
+        settings = load_settings(
+            model_endpoint=fake.base_url, small_model="small-model", large_model="large-model",
+            embedded_model_path=str(tmp_path / "missing.gguf"),
+        )
+        pipeline = Pipeline(settings, ModelClient.from_settings(settings), None)
+        app = FastAPI()
+        install_demo_routes(app, lambda: pipeline, settings, node_modules=tmp_path / "node_modules")
+        with serve(app) as url:
+            context = browser.new_context()
+            page = context.new_page()
+            try:
+                page.goto(url + "/demo")
+                expect(page.locator("#engine-status")).to_have_text("unavailable", timeout=10_000)
+                assert page.is_disabled("#role-browser")
+                assert page.inner_text("#model-browser") == "unavailable"
+                note = page.inner_text("#engine-note")
+                assert "In-browser mode is unavailable" in note
+                assert "@wllama/wllama" in note and "missing.gguf" in note
+                # the server engines still work
+                assert page.is_enabled("#role-small") and page.inner_text("#model-small") == "small-model"
+            finally:
+                context.close()

@@ -1,0 +1,251 @@
+"""Many chats, broken model servers and a crashed app, against the real Chainlit app.
+
+Chats are python-socketio clients speaking Chainlit's socket protocol (tests/chat_client.py), the model
+server is the scripted one on loopback (real HTTP and SSE). Bounded: a handful of chats, answers of a
+second or two, every wait with a limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from benchmarks.chat_client import ChatClient
+from benchmarks.harness import AppServer, make_app_root
+from tests.fake_openai_server import FakeOpenAIServer, HeaderCuttingServer, Script
+
+MODEL = "fake-small"
+FINISHED = "Answered by"
+
+
+def run(coro, timeout_s: float = 150):
+    """Run a coroutine on its own loop in a thread: sync Playwright may hold the main thread's loop."""
+    result: dict = {}
+
+    def target():
+        try:
+            result["value"] = asyncio.run(asyncio.wait_for(coro, timeout_s))
+        except BaseException as exc:  # re-raised in the test's thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(timeout_s + 10)
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+def words(count: int, tag: str = "w") -> list[str]:
+    return [f" {tag}{i}" for i in range(count)]
+
+
+@pytest.fixture(scope="module")
+def fake():
+    with FakeOpenAIServer([MODEL]) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def fresh_fake(fake):
+    fake.scripts.clear()
+    fake.requests.clear()
+    fake.max_in_flight = 0
+    fake.default_script = Script(tokens=words(20), first_token_delay=0.2, token_delay=0.02)
+    yield
+
+
+@pytest.fixture(scope="module")
+def app(fake, tmp_path_factory):
+    root = make_app_root(tmp_path_factory.mktemp("load-app"))
+    server = AppServer(root, fake.base_url, MODEL, MODEL, extra_env={"ASSISTANT_ROUTING_MODE": "small"})
+    server.start()
+    yield server
+    server.stop()
+
+
+async def new_chat(app: AppServer) -> ChatClient:
+    chat = await ChatClient(app.url).connect()
+    await chat.wait_for_text("Answers come from your documents", timeout_s=30)
+    return chat
+
+
+def queue_texts(turn) -> list[tuple[float, str]]:
+    return [(t, data.get("output") or "") for t, name, data in turn.events
+            if name in ("new_message", "update_message") and "in line" in (data.get("output") or "")]
+
+
+def position(text: str) -> int:
+    if "next in line" in text:
+        return 1
+    return int(re.search(r"number (\d+) in line", text).group(1))
+
+
+# ------------------------------------------------------------------------------------------ the queue
+
+
+def test_chats_asking_at_once_wait_in_line_and_all_get_answers(app, fake):
+    chats_count = 6
+
+    async def scenario():
+        chats = [await new_chat(app) for _ in range(chats_count)]
+        try:
+            turns = [chat.send(f"Question {n}: how does the router decide?") for n, chat in enumerate(chats)]
+            done = await asyncio.gather(*(chat.finish(turn, 90) for chat, turn in zip(chats, turns)))
+        finally:
+            for chat in chats:
+                await chat.close()
+        return done
+
+    turns = run(scenario())
+    assert all(FINISHED in turn.answer for turn in turns), [t.answer[-300:] for t in turns]
+    assert all(" w19" in turn.answer for turn in turns)
+    assert fake.max_in_flight == 1  # the server never had two requests at once
+    assert len(fake.requests) == chats_count
+    waited = [turn for turn in turns if queue_texts(turn)]
+    assert len(waited) == chats_count - 1  # everyone but the first was told they wait
+    first_positions = sorted(position(queue_texts(turn)[0][1]) for turn in waited)
+    assert first_positions == list(range(1, chats_count))  # one running, the others in line 1..5
+    last = next(turn for turn in waited if position(queue_texts(turn)[0][1]) == chats_count - 1)
+    first_seen, _ = queue_texts(last)[0]
+    assert first_seen - last.sent_at < 1.5  # the last in line knows it from the first second
+    updates = [text for _, text in queue_texts(last)]
+    assert any("next in line" in text for text in updates)  # it moved up while waiting
+    assert any("about" in text and " s to wait" in text for text in updates)  # with an estimate once measured
+    # The waiting notice is gone once the answer starts.
+    assert all("in line" not in text for turn in turns for text in turn.texts())
+
+
+def test_a_stopped_or_abandoned_chat_leaves_the_line_without_reaching_the_server(app, fake):
+    fake.default_script = Script(tokens=words(30), first_token_delay=0.5, token_delay=0.05)
+
+    async def scenario():
+        busy, stopper, leaver = [await new_chat(app) for _ in range(3)]
+        try:
+            running = busy.send("A long question")
+            await busy.wait_until(lambda: len(fake.requests) == 1, 10)
+            stopped = stopper.send("I will stop waiting")
+            await stopper.wait_until(lambda: queue_texts(stopped), 10)
+            abandoned = leaver.send("I will close the tab")
+            await leaver.wait_until(lambda: queue_texts(abandoned), 10)
+            await stopper.stop()
+            await leaver.close()
+            await stopper.finish(stopped, 20)
+            await busy.finish(running, 60)
+            await asyncio.sleep(1.0)  # time for a wrongly kept request to reach the server
+            return running, stopped
+        finally:
+            for chat in (busy, stopper, leaver):
+                await chat.close()
+
+    running, stopped = run(scenario())
+    assert FINISHED in running.answer
+    assert len(fake.requests) == 1, [r.body["messages"][-1]["content"][-80:] for r in fake.requests]
+    assert "Stopped by you" in stopped.answer
+
+
+# ------------------------------------------------------------------------------------------ failures
+
+
+def test_cut_mid_answer_keeps_the_text_offers_retry_and_is_not_answered_by(app, fake):
+    fake.script(MODEL, Script(tokens=words(12, "cut"), drop_after=5, token_delay=0.02),
+                Script(tokens=words(6, "again"), token_delay=0.02))
+
+    async def scenario():
+        chat = await new_chat(app)
+        try:
+            broken = await chat.ask("Tell me about routing", 60)
+            answer_id = broken.message_ids[-1]
+            await chat.wait_until(lambda: chat.actions.get(answer_id), 10)
+            retried = chat.run_action(answer_id, "retry_answer")
+            await chat.finish(retried, 60)
+            return broken, retried, [a["name"] for a in chat.actions[answer_id]]
+        finally:
+            await chat.close()
+
+    broken, retried, actions = run(scenario())
+    text = broken.answer
+    assert "cut0 cut1 cut2 cut3 cut4" in text and "cut5" not in text
+    assert "in the middle of the answer" in text and "kept above" in text
+    assert FINISHED not in text and "Cut short" in text
+    assert "retry_answer" in actions
+    assert FINISHED in retried.answer and "again5" in retried.answer
+
+
+def test_cut_during_the_headers_says_so_with_a_retry(tmp_path):
+    with HeaderCuttingServer([MODEL]) as cutting:
+        server = AppServer(make_app_root(tmp_path / "root"), cutting.base_url, MODEL, MODEL,
+                           extra_env={"ASSISTANT_ROUTING_MODE": "small"})
+        server.start()
+        try:
+            async def scenario():
+                chat = await new_chat(server)
+                try:
+                    turn = await chat.ask("Anything", 60)
+                    answer_id = turn.message_ids[-1]
+                    await chat.wait_until(lambda: chat.actions.get(answer_id), 10)
+                    return turn, [a["name"] for a in chat.actions[answer_id]]
+                finally:
+                    await chat.close()
+
+            turn, actions = run(scenario())
+        finally:
+            server.stop()
+    text = turn.answer
+    assert "closed the connection before answering" in text and "Cannot reach" not in text
+    assert "foundry" not in text.lower()
+    assert "No model answered" in text and FINISHED not in text
+    assert "retry_answer" in actions
+
+
+# ------------------------------------------------------------------------------------------ crash
+
+
+def test_kill_9_mid_answer_leaves_the_partial_answer_with_a_note(app, fake):
+    fake.default_script = Script(tokens=words(200, "slow"), first_token_delay=0.1, token_delay=0.05)
+
+    async def ask_until_streaming():
+        chat = await new_chat(app)
+        chat.send("Write a long answer")
+        await chat.wait_until(lambda: " slow40" in "".join(chat.texts()), 30)  # streaming for 2 s
+        thread_id = next(data["thread_id"] for _, name, data in chat.events if name == "first_interaction")
+        return chat, thread_id, "".join(chat.texts())
+
+    chat, thread_id, seen = run(ask_until_streaming())
+    os.kill(app.process.pid, signal.SIGKILL)  # no shutdown hook, no final write
+    app.process.wait(10)
+
+    database = app.data_dir / "chat.db"
+    with sqlite3.connect(database) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        outputs = [row[0] for row in db.execute(
+            "SELECT output FROM steps WHERE threadId = ? AND type = 'assistant_message'", (thread_id,))]
+    partial = next(text for text in outputs if "slow0" in (text or ""))
+    assert "cut short: the app stopped while it was being written" in partial
+    assert "slow0 slow1 slow2" in partial and " slow10" in partial
+    for state in (app.data_dir / "conversations").glob("*.json"):
+        json.loads(state.read_text())  # every conversation file is whole
+
+    app.start()
+
+    async def reopen():
+        resumed = ChatClient(app.url, thread_id=thread_id)
+        resumed.sio.on("resume_thread", lambda data: resumed._record("resume_thread", data))
+        await resumed.connect()
+        try:
+            await resumed.wait_until(lambda: any(n == "resume_thread" for _, n, _ in resumed.events), 30)
+            thread = next(d for _, n, d in resumed.events if n == "resume_thread")
+            return [step.get("output") or "" for step in thread.get("steps", [])]
+        finally:
+            await resumed.close()
+
+    steps = run(reopen())
+    assert any("slow0" in text and "cut short" in text for text in steps)

@@ -1,0 +1,215 @@
+"""What the client says when the model server fails, for the server that actually answers; the kept model
+list. Real HTTP on loopback: the scripted server, and a raw socket server that cuts during the headers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from routing.client import (
+    ModelClient,
+    ServerCutConnection,
+    ServerOverloaded,
+    ServerRefused,
+    ServerSilent,
+    StreamInterrupted,
+)
+from tests.fake_openai_server import FakeOpenAIServer, HeaderCuttingServer, Script, _free_port
+
+MODEL = "SmolLM2-135M-Instruct"
+MESSAGES = [{"role": "user", "content": "What is BM25?"}]
+
+
+@pytest.fixture(scope="module")
+def server():
+    with FakeOpenAIServer([MODEL]) as fake:
+        yield fake
+
+
+@pytest.fixture(autouse=True)
+def fresh_scripts(server):
+    server.scripts.clear()
+    server.requests.clear()
+    server.models = [MODEL]
+    yield
+
+
+async def test_refused_names_the_server_that_had_answered_not_foundry():
+    with FakeOpenAIServer([MODEL]) as short_lived:
+        client = ModelClient(short_lived.base_url, connect_timeout_s=1.0)
+        await client.resolve(MODEL)
+    try:
+        with pytest.raises(ServerRefused) as caught:
+            await client.complete(MODEL, MESSAGES)
+    finally:
+        await client.close()
+    message = str(caught.value)
+    assert "connection refused" in message and "not running" in message
+    assert MODEL in message and "foundry" not in message.lower()
+
+
+async def test_refused_before_any_answer_lists_how_to_start_a_server():
+    client = ModelClient(f"http://127.0.0.1:{_free_port()}/v1", connect_timeout_s=1.0)
+    try:
+        with pytest.raises(ServerRefused) as caught:
+            await client.complete("phi-4-mini", MESSAGES)
+    finally:
+        await client.close()
+    assert "ASSISTANT_MODEL_ENDPOINT" in str(caught.value)
+
+
+async def test_embedded_server_gone_says_restart_the_app():
+    with FakeOpenAIServer([MODEL]) as short_lived:
+        client = ModelClient(short_lived.base_url, connect_timeout_s=1.0, server_kind="embedded")
+        await client.resolve(MODEL)
+    try:
+        with pytest.raises(ServerRefused, match=r"embedded llama\.cpp server .* restart the app"):
+            await client.complete(MODEL, MESSAGES)
+    finally:
+        await client.close()
+
+
+async def test_connection_cut_during_the_headers_is_not_called_unreachable():
+    with HeaderCuttingServer([MODEL]) as cutting:
+        client = ModelClient(cutting.base_url, first_token_timeout_s=10)
+        try:
+            started = time.perf_counter()
+            with pytest.raises(ServerCutConnection) as caught:
+                await client.complete(MODEL, MESSAGES)
+            assert time.perf_counter() - started < 5
+        finally:
+            await client.close()
+        assert cutting.chat_requests == 1
+    message = str(caught.value)
+    assert "closed the connection before answering" in message and "Cannot reach" not in message
+    assert "llama.cpp" in message and "foundry" not in message.lower()  # owned_by "me": llama-cpp-python
+
+
+async def test_cut_mid_answer_says_what_was_kept(server):
+    server.script(MODEL, Script(tokens=["one", " two", " three", " four"], drop_after=2))
+    client = ModelClient(server.base_url)
+    try:
+        with pytest.raises(StreamInterrupted) as caught:
+            await client.complete(MODEL, MESSAGES)
+    finally:
+        await client.close()
+    assert caught.value.partial.text == "one two"
+    assert "tokens that arrived are kept" in str(caught.value)
+
+
+async def test_cut_before_any_text_does_not_claim_something_was_kept(server):
+    server.script(MODEL, Script(tokens=["one", " two"], drop_after=0))
+    client = ModelClient(server.base_url)
+    try:
+        with pytest.raises(StreamInterrupted) as caught:
+            await client.complete(MODEL, MESSAGES)
+    finally:
+        await client.close()
+    assert caught.value.partial.text == ""
+    assert "Nothing of the answer had arrived" in str(caught.value) and "kept above" not in str(caught.value)
+
+
+async def test_a_silent_stream_fails_after_the_silence_limit_not_the_first_token_limit(server):
+    # Headers and the opening role chunk, then nothing at all.
+    server.script(MODEL, Script(first_token_delay=60))
+    client = ModelClient(server.base_url, first_token_timeout_s=120, stream_silence_timeout_s=0.5)
+    started = time.perf_counter()
+    try:
+        with pytest.raises(ServerSilent) as caught:
+            await client.complete(MODEL, MESSAGES)
+    finally:
+        await client.close()
+    assert time.perf_counter() - started < 5
+    assert "sent nothing at all for 0.5 s" in str(caught.value)
+    assert caught.value.partial.error == "silent"
+    record = server.requests[-1]
+    for _ in range(100):  # the stream is closed, so the server stops
+        if record.client_disconnected:
+            break
+        await asyncio.sleep(0.02)
+    assert record.client_disconnected
+
+
+async def test_keep_alives_keep_a_slow_stream_alive(server):
+    # A server reading a long prompt: no token for 1.2 s, but a keep-alive every 0.2 s.
+    server.script(MODEL, Script(tokens=["late", " answer"], first_token_delay=1.2, ping_every=0.2))
+    client = ModelClient(server.base_url, first_token_timeout_s=10, stream_silence_timeout_s=0.6)
+    try:
+        response = await client.complete(MODEL, MESSAGES)
+    finally:
+        await client.close()
+    assert response.text == "late answer" and response.complete
+
+
+async def test_overloaded_server_says_wait_and_ask_again(server):
+    server.script(MODEL, Script(status=503, error_message="server busy"))
+    client = ModelClient(server.base_url)
+    try:
+        with pytest.raises(ServerOverloaded) as caught:
+            await client.complete(MODEL, MESSAGES)
+    finally:
+        await client.close()
+    assert "HTTP 503" in str(caught.value) and "ask again" in str(caught.value)
+
+
+# ------------------------------------------------------------------------------------ kept model list
+
+
+async def test_model_list_is_kept_and_refreshed_in_the_background(server):
+    client = ModelClient(server.base_url, model_list_max_age_s=0.3)
+    calls = []
+    original = client._fetch_models
+
+    async def counted():
+        calls.append(time.perf_counter())
+        return await original()
+
+    client._fetch_models = counted
+    try:
+        assert await client.list_models() == [MODEL]
+        assert await client.list_models() == [MODEL]
+        assert len(calls) == 1  # fresh: from memory
+        await asyncio.sleep(0.35)
+        server.models = [MODEL, "new-model"]
+        assert await client.list_models() == [MODEL]  # stale: answered at once, refreshed behind
+        await asyncio.sleep(0.2)
+        assert len(calls) == 2 and await client.list_models() == [MODEL, "new-model"]
+    finally:
+        await client.close()
+
+
+async def test_server_health_never_waits_for_a_busy_server():
+    """llama.cpp answers /models only between generations: a check that hangs must not hold a welcome."""
+    with FakeOpenAIServer([MODEL]) as fake:
+        client = ModelClient(fake.base_url)
+        release = asyncio.Event()
+        original = client._fetch_models
+
+        async def blocked():
+            await release.wait()
+            return await original()
+
+        client._fetch_models = blocked
+        try:
+            started = time.perf_counter()
+            health = await client.server_health(wait_s=0.1)
+            assert time.perf_counter() - started < 0.5
+            assert health.models is None and health.error is None and health.checking
+            release.set()
+            await asyncio.sleep(0.2)
+            health = await client.server_health(wait_s=0.1)
+            assert health.models == [MODEL] and health.error is None
+            assert client.cached_resolution("smollm2-135m") == MODEL
+        finally:
+            await client.close()
+
+
+async def test_server_health_keeps_the_failure_of_the_last_check():
+    client = ModelClient(f"http://127.0.0.1:{_free_port()}/v1", connect_timeout_s=0.5)
+    try:
+        health = await client.server_health(wait_s=2)
+        assert health.models is None and isinstance(health.error, ServerRefused)
+    finally:
+        await client.close()
