@@ -151,6 +151,7 @@ def test_a_follow_up_prompt_starts_with_the_previous_one_so_a_prompt_cache_can_r
             question,
             [source(f"Fact {number}: the release is on May {number + 3}.", f"plan{number}.md")],
             history=history,
+            history_style="full",  # whole earlier turns (the default from 8192 tokens of context)
         )
         prompts.append(prompt.messages)
         history = history + [{"role": "user", "content": question}, {"role": "assistant", "content": f"Answer {number}."}]

@@ -8,7 +8,7 @@ from rag.types import Chunk, ScoredChunk
 import ui
 
 ROUTING = Chunk(id="routing.md#2", text="The router escalates weak answers to the large model.", source="routing.md",
-                title="Early escalation", position=2)
+                title="Early escalation", position=2, doc_title="Routing and escalation", section="Early escalation")
 MANUAL = Chunk(id="manual.pdf#7", text="Escalation happens when confidence is low.", source="manual.pdf",
                title="manual.pdf", position=7, page=4)
 OVERVIEW = Chunk(id="overview.md#0", text="Quillfeather answers from documents.", source="overview.md",
@@ -34,7 +34,7 @@ def test_citations_become_links_to_their_source_and_unknown_numbers_stay_text():
 
 
 def test_a_source_is_labelled_with_its_file_page_and_section():
-    assert ui.source_label(USED[0]) == "routing.md — Early escalation"  # the section when it says more
+    assert ui.source_label(USED[0]) == "routing.md — Routing and escalation › Early escalation"
     assert ui.source_label(USED[1]) == "manual.pdf, page 4"
     assert ui.source_label(USED[2]) == "overview.md"
 
