@@ -8,17 +8,21 @@ import os
 import secrets
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import chainlit as cl
+from chainlit.context import init_ws_context
 from chainlit.data import get_data_layer
 from chainlit.input_widget import Select, Slider
 from chainlit.config import config as chainlit_config
 from chainlit.server import app as fastapi_app, sio
+from chainlit.session import WebsocketSession
 
 from assistant.conversations import HISTORY_KEY, METRICS_KEY, ConversationStore, history_from_steps, metrics_from_steps
 from assistant.demo import install_demo_routes
 from assistant.ingest import UploadParser
+from assistant.embedded import EmbeddedModelError, default_model_path, model_name
 from assistant.page import OfflinePage
 from assistant.events import AnswerStarted, Escalated, Queued, SourcesFound, Thinking, ThinkingFinished, Token, TurnFinished
 from assistant import wiring
@@ -66,12 +70,6 @@ conversations = ConversationStore(settings.data_dir / "conversations")
 file_storage = LocalFileStorage(settings.data_dir / "files")
 documents_by_thread: dict[str, DocumentSet] = {}
 
-MODE_LABELS = {
-    RoutingMode.AUTOMATIC.value: "Automatic (small first, escalate when needed)",
-    RoutingMode.SMALL_ONLY.value: f"{settings.small_model} only",
-    RoutingMode.LARGE_ONLY.value: f"{settings.large_model} only",
-    RoutingMode.DRAFT_THEN_REFINE.value: "Draft then refine",
-}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -227,16 +225,48 @@ def session_metrics() -> SessionMetrics:
     return metrics
 
 
-def chat_settings_widgets(values: dict) -> list:
+async def served_models() -> ui.ServedModels:
+    """The roles' served ids from what the client knows (it never waits for the model server: llama.cpp
+    answers its model list only between generations); the aliases while nothing is known yet."""
+    health = await client.server_health()
+    if health.models is None:
+        return ui.ServedModels(settings.small_model, settings.large_model,
+                               error=str(health.error) if health.error is not None else None)
+
+    def served(alias: str) -> str:
+        try:
+            return explain_alias(alias, health.models).model
+        except ModelNotFound:
+            return alias
+
+    return ui.ServedModels(served(settings.small_model), served(settings.large_model))
+
+
+def embedded_model_in_use(models: ui.ServedModels) -> bool:
+    """The bundled SmolLM2 answers: started by the launcher, or served under its own name by a server we were pointed at."""
+    if settings.embedded_active:
+        return True
+    names = set()
+    try:
+        names.add(model_name(default_model_path()))
+    except EmbeddedModelError:
+        pass
+    if settings.embedded_model_path:
+        names.add(model_name(Path(settings.embedded_model_path)))
+    return models.small in names
+
+
+def chat_settings_widgets(values: dict, models: ui.ServedModels) -> list:
     defaults = RoutingOptions.from_settings(settings)
     mode = values.get("mode", RoutingMode(defaults.mode).value)
+    labels = ui.mode_labels(models.small, models.large)
     return [
         Select(
             id="mode",
             label="Routing",
-            items={label: value for value, label in MODE_LABELS.items()},
+            items={label: value for value, label in labels.items()},
             initial_value=mode,
-            description="Which model answers. A change applies from the next message.",
+            description=ui.mode_description(models.small, models.large),
         ),
         Slider(id="temperature", label="Temperature", initial=values.get("temperature", defaults.temperature),
                min=0, max=1.5, step=0.1),
@@ -250,7 +280,7 @@ def chat_settings_widgets(values: dict) -> list:
 
 
 async def send_chat_settings(values: dict) -> dict:
-    chosen = await cl.ChatSettings(chat_settings_widgets(values)).send()
+    chosen = await cl.ChatSettings(chat_settings_widgets(values, await served_models())).send()
     merged = {**values, **(chosen or {})}
     cl.user_session.set("chat_settings", merged)
     return merged
@@ -258,6 +288,77 @@ async def send_chat_settings(values: dict) -> dict:
 
 def routing_options() -> RoutingOptions:
     return RoutingOptions.from_settings(settings).with_overrides(cl.user_session.get("chat_settings") or {})
+
+
+async def mode_label(mode: str) -> str:
+    models = await served_models()
+    return ui.mode_labels(models.small, models.large).get(mode, mode)
+
+
+# ------------------------------------------------------------------------------------------------
+# Welcome: what the app does, the models in plain words, starter questions; operator details one click away
+# ------------------------------------------------------------------------------------------------
+
+
+def welcome_text(models: ui.ServedModels) -> str:
+    sources = knowledge_sources()
+    folder = settings.knowledge_dir.name
+    documents_in = (f"the documents in the knowledge folder (`{folder}/`, being indexed now)"
+                    if knowledge.progress.running and not sources
+                    else f"the {len(sources)} documents in the knowledge folder (`{folder}/`)")
+    text = (
+        "**Ask questions about your team's documents.** The assistant searches "
+        f"{documents_in} and any file you attach, answers with "
+        "a language model running on this machine, and cites the passages it used: click a [1] in an answer "
+        "to read that passage. Answers come from your documents, not from the internet.\n\n"
+    )
+    if models.error:
+        text += (f"**Models:** not available: no model server answers yet ({settings.small_model} and "
+                 f"{settings.large_model} are expected), so a question gets a message saying what to start.")
+    elif embedded_model_in_use(models):
+        why = " because no other model server was found" if settings.embedded_active else ""
+        text += (f"**Models:** {models.small}, the tiny model bundled with the app, answers every question{why}.\n\n"
+                 "⚠️ **The embedded model is for trying the app: its answers are weak** (it misreads, repeats and "
+                 "invents). Start Foundry Local or another model server for useful answers.")
+    elif models.one_model:
+        text += f"**Models:** {models.small} answers every question (it serves both the small and the large role)."
+    else:
+        text += (f"**Models:** a small model, {models.small}, answers first; a larger one, {models.large}, takes "
+                 "over when the small answer looks weak, and the answer says why.")
+    return text + "\n\nTry a question below or type your own."
+
+
+def starter_questions(limit: int = 4) -> list[tuple[str, str]]:
+    """(label, question) from the knowledge folder: the title of each document, overview-like ones first."""
+    titles: dict[str, str] = {}
+    for chunk in knowledge.chunks:
+        if chunk.position == 0 and "/" not in chunk.source:
+            titles[chunk.source] = chunk.title
+    ordered = sorted(titles, key=lambda source: (not any(w in source.lower() for w in ("overview", "readme", "intro")),
+                                                 source))
+    starters = []
+    for source in ordered[:limit]:
+        title = " ".join(titles[source].split())
+        stem = source.rsplit(".", 1)[0]
+        if not title or title in (source, stem):
+            starters.append((stem, f"What is {source} about?"))
+        else:
+            starters.append((title if len(title) <= 40 else title[:38] + "…",
+                             f"What do the documents say about {title[0].lower() + title[1:]}?"))
+    return starters
+
+
+@cl.set_chat_profiles
+async def chat_profiles(user=None, language=None):
+    # One profile: Chainlit shows its description above the message box of a new conversation (with the
+    # starters) and hides it once the conversation starts. With a single profile there is no picker.
+    return [cl.ChatProfile(name="Assistant", markdown_description=welcome_text(await served_models()),
+                           icon="/favicon", default=True)]
+
+
+@cl.set_starters
+async def starters(user=None, language=None):
+    return [cl.Starter(label=label, message=question) for label, question in starter_questions()]
 
 
 async def model_status() -> str:
@@ -284,7 +385,8 @@ async def model_status() -> str:
     return "\n".join(lines)
 
 
-async def welcome(values: dict, resumed: bool = False) -> None:
+async def show_operator_details(values: dict) -> None:
+    models = await served_models()
     mode = values.get("mode", settings.routing_mode.value)
     report = knowledge.last_report
     knowledge_line = f"{len(knowledge_sources())} files, {knowledge.chunk_count} chunks"
@@ -299,16 +401,18 @@ async def welcome(values: dict, resumed: bool = False) -> None:
         )
     if settings.discovery:
         server_line += f"\nFound by: {settings.discovery}"
-    text = (
-        ("**Welcome back.** " if resumed else "**Local knowledge assistant.** ")
-        + "Answers come from your documents, by models on this machine.\n\n"
-        + f"{server_line}\n{await model_status()}\n\n"
-        + f"Routing: **{MODE_LABELS.get(mode, mode)}** (change it in the settings). "
-        + f"Knowledge: {knowledge_line}.\n\n"
-        + "Attach files to ask about them (private to this conversation). "
-        "Type `/docs` to list the documents in scope, `/remove NAME` to drop an upload."
-    )
-    await cl.Message(content=text, author="assistant").send()
+    # A step, not a message: it stays collapsed, and Chainlit keeps showing the welcome and starters.
+    async with cl.Step(name="Server details", type="run", default_open=False, show_input=False,
+                       icon="server") as step:
+        step.output = (
+            # The sentence other clients (benchmarks, socket tests) wait for: the conversation has started.
+            "Answers come from your documents, by models on this machine.\n\n"
+            f"{server_line}\n{await model_status()}\n\n"
+            f"Routing: **{ui.mode_labels(models.small, models.large).get(mode, mode)}** (change it in the settings). "
+            f"Knowledge: `{settings.knowledge_dir}`, {knowledge_line}.\n\n"
+            "Attach files to ask about them (private to this conversation). "
+            "Type `/docs` to list the documents in scope, `/remove NAME` to drop an upload."
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -321,7 +425,7 @@ async def on_chat_start() -> None:
     log.info("new conversation %s", thread_id())
     values = await send_chat_settings({})
     await conversations.aupdate(thread_id(), chat_settings=values)
-    await welcome(values)
+    await show_operator_details(values)
     if knowledge.progress.running and knowledge.chunk_count == 0:  # the folder's first indexing
         asyncio.create_task(show_indexing_progress())
 
@@ -362,7 +466,7 @@ async def on_settings_update(values: dict) -> None:
     cl.user_session.set("chat_settings", merged)
     await conversations.aupdate(thread_id(), chat_settings=merged)
     mode = merged.get("mode", settings.routing_mode.value)
-    await cl.Message(content=f"Settings saved. Routing from the next message: **{MODE_LABELS.get(mode, mode)}**.",
+    await cl.Message(content=f"Settings saved. Routing from the next message: **{await mode_label(mode)}**.",
                      author="assistant").send()
 
 
@@ -381,6 +485,19 @@ async def on_chat_end() -> None:
 @cl.on_stop
 async def on_stop() -> None:
     log.info("user pressed stop in %s", thread_id())
+
+
+@sio.on("stop")
+async def stop_running_answer(sid):
+    """Chainlit's own stop handler, less its "Task manually stopped." message: the stopped answer says
+    itself what was kept (see ``answer``), so the reader gets one message, not two."""
+    session = WebsocketSession.get(sid)
+    if session is None:
+        return
+    init_ws_context(session)
+    if session.current_task:
+        session.current_task.cancel()
+    await on_stop()
 
 
 @cl.on_message
@@ -469,13 +586,16 @@ async def answer(question: str) -> None:
     streamed = ""
     record: TurnRecord | None = None
     thinking: ui.ThinkingStep | None = None  # a reasoning model's thinking, streamed above its answer
+    stage = "searching the documents"  # what was going on, for a stop message true to what happened
     try:
         async for event in pipeline.run(question, history=history, options=options, documents=documents()):
             if isinstance(event, SourcesFound):
                 # Rendered beside the turn, not before it: the request goes to the model server at once.
                 retrieval_shown = asyncio.create_task(ui.show_retrieval(event, options.min_source_score))
+                stage = "waiting for the model's first word"
             elif isinstance(event, Queued):
                 cl.user_session.set("queued", True)
+                stage = "waiting in line for the model server"
                 if waiting is None:
                     waiting = cl.Message(content=queue_text(event), author="assistant")
                     await waiting.send()
@@ -489,16 +609,19 @@ async def answer(question: str) -> None:
                     waiting = None
                 if retrieval_shown is not None:
                     await retrieval_shown
-                message = cl.Message(content="", author=event.model)
+                message = cl.Message(content="", author="assistant")
                 saver = PartialAnswerSaver(message)
                 streamed = ""
+                stage = f"waiting for the first word of {event.model}"
             elif isinstance(event, Thinking):
                 thinking = thinking or await ui.ThinkingStep.start()
+                stage = "the model was thinking"
                 await thinking.add(event.text)
             elif isinstance(event, ThinkingFinished):
                 if thinking is not None:
                     await thinking.finish(event.seconds, answered=event.answered)
                 thinking = None
+                stage = "waiting for the answer's first word, after the thinking"
             elif isinstance(event, Token):
                 streamed += event.text
                 await message.stream_token(event.text)
@@ -508,13 +631,9 @@ async def answer(question: str) -> None:
                     await saver.finish()
                 if message is not None and streamed:
                     await message.remove()
-                if event.purpose == "refine":
-                    title = f"draft by {event.from_model}, refining: {event.reason}"
-                else:
-                    title = f"escalated: {event.reason}" + (" (stopped early)" if event.early else "")
-                async with cl.Step(name=title, type="llm", default_open=False, show_input=False) as step:
-                    step.output = f"Draft by `{event.from_model}`:\n\n{event.draft or '(empty)'}"
+                await ui.show_escalation(event.reason, event.from_model, event.draft, event.early, event.purpose)
                 message, streamed = None, ""
+                stage = "waiting for the large model's first word (the small model's draft is in the step above)"
             elif isinstance(event, TurnFinished):
                 record = event.record
     except asyncio.CancelledError:
@@ -525,10 +644,10 @@ async def answer(question: str) -> None:
             await saver.finish()
         if thinking is not None:
             await thinking.finish(None, answered=False)
-        if streamed:
-            stopped = (streamed + "\n\n*Stopped by you; the text above is what the model had written.*").strip()
+        if streamed.strip():
+            stopped = streamed.rstrip() + "\n\n*Stopped by you: the answer above is unfinished.*"
         else:
-            stopped = "*Stopped by you before the model wrote anything.*"
+            stopped = f"*Stopped by you while {stage}: no answer was written.*"
         if message is None:
             message = cl.Message(content="", author="assistant")
         message.content = stopped
@@ -551,7 +670,7 @@ async def finish_answer(question, message, record: TurnRecord | None) -> None:
     if record is None:  # the pipeline always ends with TurnFinished; this guards a bug, not a user path
         raise RuntimeError("the turn ended without its record")
     if message is None:
-        message = cl.Message(content="", author=record.answered_by or "assistant")
+        message = cl.Message(content="", author="assistant")
     body = record.display_text()
     if not record.supported:
         body += ("\n\n> ℹ️ Nothing in the knowledge base or this conversation's uploads matched the question, "
@@ -559,7 +678,10 @@ async def finish_answer(question, message, record: TurnRecord | None) -> None:
     for notice in record.notices:
         icon = {"error": "❌", "warning": "⚠️"}.get(notice.level, "ℹ️")
         body += f"\n\n> {icon} {notice.message}"
-    sources_line, elements = ui.source_elements(record)
+    # The cited sources are listed by the Sources element under the answer; each [n] in the text opens one.
+    linked, views = ui.render_sources(record, anchor=message.id)
+    elements = [ui.sources_element(views, message.id, record.dangling)] if views else []
+    body = linked + body[len(record.display_text()):]
     failed = any(notice.level == "error" for notice in record.notices)
     if record.answered_by:
         footer = f"*Answered by `{record.answered_by}`*"
@@ -571,13 +693,11 @@ async def finish_answer(question, message, record: TurnRecord | None) -> None:
     routing_line = ui.routing_line(record)
     if routing_line:
         footer += f"\n\n{routing_line}"
-    if sources_line:
-        footer += f"\n\n{sources_line}"
     metrics = session_metrics()
     if record.metrics.legs:
         metrics.add(record.metrics)
     message.content = body.strip() + ui.ANSWER_FOOTER + footer
-    message.elements = elements + [ui.metrics_element(record, metrics.total_cost_usd)]
+    message.elements = [ui.metrics_element(record, metrics.total_cost_usd)] + elements
     message.actions = [cl.Action(name="latency_chart", payload={}, label="Latency chart", icon="chart-column")]
     if failed or not record.answered_by:
         message.actions.insert(0, cl.Action(name="retry_answer", payload={"question": question},
@@ -727,7 +847,8 @@ async def on_latency_chart(action: cl.Action) -> None:
         cells = [fmt_ms(row["mean_total_ms"]), fmt_ms(row["p95_total_ms"]), fmt_ms(row["mean_ttft_ms"]),
                  fmt_ms(row["p95_ttft_ms"]), f"{row['mean_tokens_per_s']:.1f}" if row["mean_tokens_per_s"] else "–"]
         table.append(f"| `{row['model']}` | {row['count']} | " + " | ".join(cells) + " |")
-    chart = cl.Plotly(name="Latency per message", figure=latency_figure(metrics), display="inline")
+    chart = cl.Plotly(name="Latency per message", figure=ui.follow_theme(latency_figure(metrics)).update_xaxes(type="category"),
+                       display="inline")
     await cl.Message(
         content="Latency per message (retrieval, waiting for the first token, generation), by model.\n\n"
         + "\n".join(table)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 from rag.chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP, chunk_text
 from rag.citations import citation_numbers as cited_numbers  # noqa: F401  (one citation syntax, rag.citations)
+from rag.citations import strip_citations
 from rag.tokens import TOKENS_PER_MESSAGE, count_message_tokens, count_tokens, decode, encode
 from rag.types import Chunk, ScoredChunk
 
@@ -51,6 +52,13 @@ _CONTROL_TEXT = re.compile(
 _DEFUSED_BRACKETS = str.maketrans({"<": "\u2039", ">": "\u203a", "[": "(", "]": ")", "\uff5c": "|"})
 _MIN_TRUNCATED_SOURCE_TOKENS = 48
 _MIN_OVERLAP_CHARS = 20
+
+HISTORY_FULL = "full"
+HISTORY_SUMMARY = "summary"
+HISTORY_QUESTIONS = "questions"
+EARLIER_QUESTIONS_HEADING = "Earlier questions in this conversation (context only; answer the question below):"
+FULL_HISTORY_MIN_CONTEXT = 8192  # tokens of context window from which earlier answers are sent whole
+SUMMARY_TOKENS = 40
 
 
 @dataclass
@@ -147,15 +155,49 @@ def remove_overlaps(sources: list[ScoredChunk]) -> list[ScoredChunk]:
     return kept
 
 
-def _conversation(history) -> list[dict]:
-    """Only user/assistant turns with text: history can never add a system message."""
+def summarise_answer(text: str, max_tokens: int = SUMMARY_TOKENS) -> str:
+    """An earlier answer in short: its first sentence, without [n] citations (their numbers named
+    another turn's sources), cut to ``max_tokens``."""
+    plain = " ".join(strip_citations(text).split())
+    match = re.search(r"(?<=[.!?])\s", plain)
+    first = plain[: match.start()] if match else plain
+    tokens = encode(first)
+    if len(tokens) > max_tokens:
+        first = decode(tokens[:max_tokens]).rstrip("\ufffd").rstrip() + " ..."
+    return first
+
+
+def history_style_for(context_window: int) -> str:
+    """Whole earlier answers where the window has room for them; only the earlier questions below that.
+
+    Small models with small windows copy an earlier answer they are shown instead of answering the new
+    question, and a one-sentence summary is copied just the same (benchmarks/followups.py measures it);
+    the earlier questions still tell them what the conversation is about.
+    """
+    return HISTORY_FULL if context_window >= FULL_HISTORY_MIN_CONTEXT else HISTORY_QUESTIONS
+
+
+def _conversation(history, style: str = HISTORY_FULL) -> list[dict]:
+    """Only user/assistant turns with text: history can never add a system message.
+
+    ``style`` HISTORY_SUMMARY replaces each earlier answer by :func:`summarise_answer`.
+    """
     turns = []
     for message in history or ():
         role = message.get("role")
         content = message.get("content")
         if role in ("user", "assistant") and isinstance(content, str) and content.strip():
+            if role == "assistant" and style == HISTORY_SUMMARY:
+                content = summarise_answer(content) or content
+            if role == "assistant" and style == HISTORY_QUESTIONS:
+                continue
             turns.append({"role": role, "content": neutralise(content)})
     return turns
+
+
+def _with_earlier_questions(questions: list[str], user_content: str) -> str:
+    lines = "\n".join(f"- {' '.join(neutralise(q).split())}" for q in questions)
+    return f"{EARLIER_QUESTIONS_HEADING}\n{lines}\n\n{user_content}"
 
 
 def _message_cost(message: dict) -> int:
@@ -194,6 +236,7 @@ def build_grounded_messages(
     context_window: int = 2048,
     max_answer_tokens: int = 512,
     history_budget: int = 1200,
+    history_style: str | None = None,
 ) -> GroundedPrompt:
     """Messages that fit in ``context_window - max_answer_tokens`` tokens (tiktoken estimate).
 
@@ -201,6 +244,8 @@ def build_grounded_messages(
     history, newest first. History is first cut to ``history_budget``; while sources are placed, it
     keeps at most a third of the room (less if the sources need it), and takes back whatever room the
     sources leave unused. A source that does not fit whole is cut short if a useful part fits.
+    ``history_style``: HISTORY_FULL, HISTORY_SUMMARY (earlier answers cut to a sentence) or HISTORY_QUESTIONS
+    (earlier questions only, in front of this one); by default chosen by :func:`history_style_for`.
 
     Message order is system prompt, earlier turns (as plain question/answer), then one user turn with
     this question's sources and the question: what repeats from turn to turn comes first, so a server's
@@ -213,7 +258,8 @@ def build_grounded_messages(
     def fixed_cost(blocks: list[str]) -> int:
         return count_message_tokens([system, {"role": "user", "content": _user_message(question, blocks)}])
 
-    turns = _trim_history(_conversation(history), max(0, min(history_budget, budget - fixed_cost([]))))
+    style = history_style or history_style_for(context_window)
+    turns = _trim_history(_conversation(history, style), max(0, min(history_budget, budget - fixed_cost([]))))
     if candidates:
         turns_while_placing = _trim_history(turns, max(0, budget - fixed_cost([])) // 3)
     else:
@@ -243,6 +289,15 @@ def build_grounded_messages(
     user = {"role": "user", "content": _user_message(question, blocks)}
     turns = _trim_history(turns, max(0, budget - count_message_tokens([system, user])))
     messages = [system, *turns, user]
+    if style == HISTORY_QUESTIONS and turns:
+        # No earlier answers to copy: the earlier questions go in front of this one, oldest dropped first.
+        questions = [turn["content"] for turn in turns]
+        while questions:
+            asked = {"role": "user", "content": _with_earlier_questions(questions, user["content"])}
+            if count_message_tokens([system, asked]) <= budget:
+                break
+            questions = questions[1:]
+        messages = [system, asked] if questions else [system, user]
     return GroundedPrompt(messages=messages, sources_used=used, prompt_tokens=count_message_tokens(messages))
 
 

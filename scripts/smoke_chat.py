@@ -43,7 +43,7 @@ async def chat_turn(url: str, question: str, timeout_s: float) -> int:
     @client.on("new_message")
     async def on_new_message(step):
         seen["new_message"].append(step)
-        if step.get("type") == "assistant_message" and not sent_at:
+        if not sent_at:  # the app's first step (the server details) says the conversation has started
             welcome.set()
 
     @client.on("update_message")

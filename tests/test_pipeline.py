@@ -374,7 +374,8 @@ async def test_history_is_passed_to_the_model(fake):
         {"role": "user", "content": "Who approves vacation requests?"},
         {"role": "assistant", "content": "Your team lead approves them [1]."},
     ]
-    await collect(make_pipeline(fake), history=history)
+    # A window with room for whole earlier answers (see rag.prompt.history_style_for).
+    await collect(make_pipeline(fake, context_window=8192), history=history)
     messages = fake.requests_for(SMALL)[0].body["messages"]
     assert messages[0]["role"] == "system"
     assert messages[1:3] == history

@@ -43,7 +43,7 @@ def prompt_with(injection: str):
     history = [{"role": "user", "content": f"Earlier question {injection}"},
                {"role": "assistant", "content": f"Earlier answer {injection}"}]
     return build_grounded_messages(f"What changed? {injection}", [ScoredChunk(chunk, 3.0)], history=history,
-                                   context_window=4096, max_answer_tokens=256)
+                                   context_window=4096, max_answer_tokens=256, history_style="full")
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

@@ -21,7 +21,7 @@ def fake():
         yield server
 
 
-async def test_sources_footer_names_cited_attributed_and_dangling_apart(fake):
+async def test_sources_list_names_cited_attributed_and_dangling_apart(fake):
     fake.script(SMALL, answer("Every employee gets 25 days of paid vacation per year [1]. Rule [9] applies too."))
     probe = finished(await collect(make_pipeline(fake), question=BOTH))
     vacation, expenses = number_of(probe, "handbook.md"), number_of(probe, "expenses.md")
@@ -30,24 +30,31 @@ async def test_sources_footer_names_cited_attributed_and_dangling_apart(fake):
     fake.script(SMALL, answer(text))
     record = finished(await collect(make_pipeline(fake), question=BOTH))
 
-    chainlit_context()
-    line, elements = ui.source_elements(record)
+    views = ui.source_views(record)
+    line = ui.sources_line(views)
     assert f"Cited sources: [{vacation}] handbook.md" in line
-    assert f"Attributed by the app" in line and f"[{expenses}] expenses.md†" in line
-    assert "Citations that point at no source: [9]" in line
+    assert f"[{expenses}]† expenses.md" in line
+    assert [(v.number, v.cited_by) for v in views] == [(vacation, "model"), (expenses, "app")]
     assert "none cited" not in line
-    assert [e.name for e in elements] == [f"[{vacation}] handbook.md", f"[{expenses}] expenses.md"]
-    assert all(e.name in line for e in elements)  # Chainlit shows a side element only if its name is in the text
+    props = ui.sources_props(views, "m1", record.dangling)
+    assert props["dangling"] == [9]  # named apart under the list, linked to nothing
+    shown, _ = ui.render_sources(record, anchor="m1")
+    assert f"[{vacation}](#source-m1-{vacation})" in shown and f"[{expenses}](#source-m1-{expenses})" in shown
+    assert "See [9]." in shown
+    chainlit_context()
+    element = ui.sources_element(views, "m1", record.dangling)
+    assert element.name == "Sources" and element.display == "inline"  # inline: nothing opens by itself
     assert ui.routing_line(record) == ""  # the small model answered and nothing fired: nothing to add
 
 
 async def test_no_citation_at_all_lists_the_given_sources(fake):
     fake.script(SMALL, answer("Nothing here matches any of the given texts in a meaningful way at all."))
     record = finished(await collect(make_pipeline(fake)))
-    chainlit_context()
-    line, elements = ui.source_elements(record)
-    assert line.startswith("Sources given to the model (none cited): ")
-    assert len(elements) == len(record.sources)
+    views = ui.source_views(record)
+    assert ui.sources_line(views).startswith("Sources given to the model (none cited): ")
+    assert len(views) == len(record.sources) and {v.cited_by for v in views} == {"given"}
+    shown, _ = ui.render_sources(record, anchor="m1")
+    assert "#source-" not in shown  # nothing cited, nothing linked
 
 
 async def test_metrics_bar_rate_is_the_answering_legs_when_the_large_model_fails(fake):

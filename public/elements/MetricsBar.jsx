@@ -35,7 +35,9 @@ export default function MetricsBar() {
   return (
     <div className="flex flex-col gap-1 text-xs" data-testid="metrics-bar">
       <div className="flex flex-wrap items-center gap-1">
-        <Badge variant="default" data-testid="metrics-model">{props.answered_by || "no model"}</Badge>
+        <Badge variant="default" data-testid="metrics-model" title="the model that wrote this answer">
+          {props.answered_by ? `${props.answered_role ? props.answered_role + " model · " : ""}${props.answered_by}` : "no model answered"}
+        </Badge>
         {props.escalation_reason ? (
           <Badge variant="destructive" data-testid="metrics-escalation">escalated: {props.escalation_reason}</Badge>
         ) : null}

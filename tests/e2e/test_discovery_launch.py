@@ -44,7 +44,9 @@ def test_the_app_finds_foundry_local_through_its_cli_and_says_so(tmp_path, page)
             page.goto(f"http://127.0.0.1:{port}")
             welcome = page.get_by_text("Answers come from your documents").first
             welcome.wait_for(timeout=30_000)
-            text = page.locator('[data-step-type="assistant_message"]').first.inner_text()
+            page.locator('[id="step-Server details"]').click(timeout=30_000)  # the operator's details, one click away
+            page.get_by_text("Model server:").first.wait_for()
+            text = page.locator('[data-step-type="run"]').first.inner_text()
         finally:
             output = stop(process)
     assert calls_of(calls) == [["service", "status"], ["service", "start"]]  # stopped, so started

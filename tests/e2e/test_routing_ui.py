@@ -52,11 +52,11 @@ def test_pinning_each_model_changes_the_answering_model(page, scripted_app, fake
     fake_models.script(LARGE, CONFIDENT)
     open_chat(page, scripted_app)
 
-    pin(page, "gpt-oss-20b only")
+    pin(page, "Large model only")
     ask(page, "What does the router do?")
     assert f"Answered by {LARGE}" in wait_for_answer(page).replace("`", "")
 
-    pin(page, "phi-4-mini only")
+    pin(page, "Small model only")
     ask(page, "And what does it do first?")
     assert f"Answered by {SMALL}" in wait_for_answer(page).replace("`", "")
     asked = [r.model for r in fake_models.requests]
@@ -70,9 +70,9 @@ def test_short_answer_escalates_visibly_with_its_reason(page, scripted_app, fake
     ask(page, "Explain the escalation policy.")
     final = wait_for_answer(page).replace("`", "")
     assert f"Answered by {LARGE}" in final
-    step = page.get_by_text("escalated:").first
-    step.wait_for()
-    assert "chars" in step.inner_text()  # the reason names the length rule
+    page.locator('[id="step-Escalated to the large model"]').first.click()
+    page.get_by_text("Why:").first.wait_for()
+    assert "chars" in page.locator('[data-step-type="llm"]').first.inner_text()  # the reason names the length rule
     badge = page.locator('[data-testid="metrics-escalation"]').last
     assert "escalated" in badge.inner_text()
 
@@ -81,11 +81,12 @@ def test_stop_button_keeps_the_partial_answer_and_closes_the_upstream_stream(pag
     fake_models.script(SMALL, Script(tokens=[f" word{i}" for i in range(300)], token_delay=0.05,
                                      logprobs=[-0.01] * 300))
     open_chat(page, scripted_app)
-    pin(page, "phi-4-mini only")
+    pin(page, "Small model only")
     ask(page, "Write a very long answer.")
     page.locator(ASSISTANT).last.get_by_text("word5").wait_for(timeout=20_000)
     page.locator("#stop-button").click()
     page.get_by_text("Stopped by you").last.wait_for(timeout=10_000)
+    assert "Task manually stopped" not in page.locator("body").inner_text()
     text = page.locator(ASSISTANT).filter(has_text="Stopped by you").last.inner_text()
     assert "word5" in text  # the partial answer is kept
     deadline = time.monotonic() + 5
