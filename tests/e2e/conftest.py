@@ -121,6 +121,13 @@ def open_chat(page, server: AppServer) -> None:
     events = watch(page)
     welcomed = events.count("new_message")
     page.goto(server.url)
+    wait_for_new_chat(page, welcomed)
+
+
+def wait_for_new_chat(page, welcomed: int) -> None:
+    """Wait until a new conversation has started: ``welcomed`` is the page's count of ``new_message`` events
+    before it was opened (or before signing in)."""
+    events = watch(page)
     # The welcome itself comes with the page (a chat profile's description, with the starters); the
     # server details step arrives over the socket once the app has started the conversation.
     events.wait(lambda: events.count("new_message") > welcomed, 60, "the server details step")

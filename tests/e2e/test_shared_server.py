@@ -17,7 +17,7 @@ import pytest
 
 from assistant.accounts import save_user
 from assistant.embedded import free_port
-from tests.e2e.conftest import AppServer, ask, make_app_root, wait_for_answer, watch
+from tests.e2e.conftest import AppServer, ask, make_app_root, wait_for_answer, wait_for_new_chat, watch
 from tests.fake_openai_server import FakeOpenAIServer, Script
 
 pytestmark = pytest.mark.e2e
@@ -82,12 +82,12 @@ def shared_app(fake, postgres_url, tmp_path_factory):
 
 
 def log_in(page, server: AppServer, name: str) -> None:
-    watch(page)  # the e2e helpers follow the chat's socket events from the start
+    welcomed = watch(page).count("new_message")  # the e2e helpers follow the chat's socket events from the start
     page.goto(server.url)
     page.locator("#email").fill(name)
     page.locator("#password").fill(USERS[name])
     page.locator("#password").press("Enter")
-    page.get_by_text("Answers come from your documents").first.wait_for(timeout=60_000)
+    wait_for_new_chat(page, welcomed)
 
 
 def chat_with_an_upload(browser, server: AppServer, name: str) -> dict:
