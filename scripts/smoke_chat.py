@@ -3,8 +3,8 @@
     python scripts/smoke_chat.py http://127.0.0.1:8000 ["question"] [--timeout 600]
 
 Signs in the way the page does (header auth: ``POST /auth/header`` sets the session cookie), opens the
-socket at ``/ws/socket.io``, waits for the welcome message, sends the question, and waits for the
-turn's ``task_end``. Passes when streamed tokens arrived and a finished answer naming the model that
+socket at ``/ws/socket.io``, waits for the end of Chainlit's chat-start task (the conversation is
+ready), sends the question, and waits for the turn's ``task_end``. Passes when streamed tokens arrived and a finished answer naming the model that
 answered was sent; prints what it saw either way. Uses only packages the app itself installs
 (Chainlit depends on python-socketio and aiohttp).
 """
@@ -43,8 +43,6 @@ async def chat_turn(url: str, question: str, timeout_s: float) -> int:
     @client.on("new_message")
     async def on_new_message(step):
         seen["new_message"].append(step)
-        if not sent_at:  # the app's first step (the server details) says the conversation has started
-            welcome.set()
 
     @client.on("update_message")
     async def on_update_message(step):
@@ -61,7 +59,12 @@ async def chat_turn(url: str, question: str, timeout_s: float) -> int:
 
     @client.on("task_end")
     async def on_task_end(_data):
-        if seen["task_start"]:  # the end of the task our question started (not an earlier one)
+        if not sent_at:
+            # Chainlit runs on_chat_start as a task too: its end, after the app's first step, means the
+            # conversation is ready. (The task_end sent on connecting comes before any step.)
+            if seen["new_message"]:
+                welcome.set()
+        elif seen["task_start"]:  # the end of the task our question started
             seen["task_end"].append(time.perf_counter())
             turn_over.set()
 
@@ -77,7 +80,8 @@ async def chat_turn(url: str, question: str, timeout_s: float) -> int:
     try:
         await client.emit("connection_successful")
         await asyncio.wait_for(welcome.wait(), timeout=120)
-        print("welcome:", first_line(seen["new_message"][-1].get("output", "")))
+        welcome_text = next((m.get("output") for m in seen["new_message"] + seen["update_message"] if m.get("output")), "")
+        print("welcome:", first_line(welcome_text))
         sent_at.append(time.perf_counter())
         message = {
             "id": str(uuid.uuid4()), "threadId": "", "name": "User", "type": "user_message",
