@@ -32,7 +32,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from rag.bm25 import BACKENDS, DEFAULT_B, DEFAULT_K1, analyze, analyze_query
+from rag.bm25 import BACKENDS, DEFAULT_B, DEFAULT_K1, _best, analyze, analyze_query
 from rag.types import SHARED_SCOPE, Chunk, ScoredChunk
 
 
@@ -247,16 +247,6 @@ def _with_page_evidence(scores: np.ndarray, documents: np.ndarray, share: float)
         others = sum(best) - own if own in best else sum(best[:PAGE_CHUNKS])
         boosted[index] = own + share * others
     return boosted
-
-
-def _best(scores: np.ndarray, k: int) -> list[tuple[int, float]]:
-    """Indexes and scores of the k highest positive scores, best first (ties: lower index first)."""
-    if k <= 0 or scores.size == 0:
-        return []
-    k = min(k, scores.size)
-    candidates = np.argpartition(-scores, k - 1)[:k] if k < scores.size else np.arange(scores.size)
-    order = sorted(candidates.tolist(), key=lambda index: (-float(scores[index]), index))
-    return [(index, float(scores[index])) for index in order if scores[index] > 0]
 
 
 class Collection:
