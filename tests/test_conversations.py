@@ -74,3 +74,45 @@ async def test_history_and_metrics_come_back_from_the_stored_messages_and_leave_
     assert deleted == [THREAD]
     assert await store.aload(THREAD) == {} and not (tmp_path / "conversations" / f"{THREAD}.json").exists()
     assert await layer.get_thread(THREAD) is None
+
+
+async def test_a_save_waits_for_a_write_lock_held_longer_than_sqlites_default_instead_of_being_lost(tmp_path):
+    """Twenty chats saving at once on a loaded machine held the SQLite file longer than sqlite3's default
+    5 s busy wait; Chainlit logged "database is locked" and the message was not stored."""
+    import asyncio
+    import threading
+    import time
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}"
+    await ensure_schema(url)
+    with sqlite3.connect(tmp_path / "chat.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        db.execute('INSERT INTO threads ("id", "createdAt", "name", "metadata") VALUES (?, ?, ?, ?)',
+                   (THREAD, "2026-01-01T00:00:00Z", "t", "{}"))
+
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_write_lock():
+        db = sqlite3.connect(tmp_path / "chat.db", isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")
+        locked.set()
+        release.wait()
+        db.execute("COMMIT")
+        db.close()
+
+    holder = threading.Thread(target=hold_the_write_lock)
+    holder.start()
+    assert locked.wait(5)
+    asyncio.get_running_loop().call_later(5.5, release.set)
+    layer = thread_data_layer(url, LocalFileStorage(tmp_path / "files"), lambda _: None)
+    started = time.monotonic()
+    # The statement Chainlit's create_step runs goes through execute_sql, which logs a failure and drops it.
+    stored = await layer.execute_sql('INSERT INTO steps ("id", "threadId", "name", "type", "output") '
+                                     "VALUES (:id, :thread, 'assistant', 'assistant_message', 'kept')",
+                                     {"id": "s1", "thread": THREAD})
+    waited = time.monotonic() - started
+    holder.join()
+    assert stored == 1
+    with sqlite3.connect(tmp_path / "chat.db") as db:
+        assert db.execute("SELECT output FROM steps WHERE id = 's1'").fetchall() == [("kept",)]
+    assert waited >= 5.0  # it really waited for the lock, past sqlite3's default
