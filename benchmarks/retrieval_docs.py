@@ -147,11 +147,11 @@ def run_before(ref: str, folder: Path, questions: Path) -> dict:
         return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-GRID = {"title": (0.25, 0.5, 1.0), "section": (0.25, 0.5, 1.0), "page": (0.0, 0.1, 0.2, 0.3, 0.5)}
+GRID = {"title": (0.5, 1.0, 2.0, 3.0), "section": (0.5, 1.0, 1.25, 2.0), "page": (0.0, 0.3, 0.5, 1.0)}
 
 
 def grid_main(folder: Path, spec: dict, cache_dir: Path) -> None:
-    """hit@1 / hit@5 / MRR for each title weight x section weight x page share (k1 0.9, b 0.4, title b 0.3)."""
+    """hit@1 / hit@5 / MRR for each title weight x section weight x page share (the other parameters: defaults)."""
     from rag.index import DEFAULT_WEIGHTS, search_segments
     from rag.knowledge import KnowledgeBase
 

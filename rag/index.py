@@ -8,17 +8,24 @@ statistics (chunk count, document frequencies, average field lengths) summed ove
 segments. So an uploaded chunk and a shared chunk with the same words get the same score, and one
 conversation's uploads never change another conversation's scores.
 
-Three fields, scored separately with BM25 and added with weights (:class:`Weights`):
+Three fields per chunk, combined with BM25F (:class:`Weights`):
 
 - ``body``: the chunk's text;
 - ``title``: the page's or document's title;
-- ``section``: the section headings above the chunk (below the title),
+- ``section``: the section headings above the chunk (below the title).
 
-so a question phrased like a page title or a section heading lifts that chunk more than the same words
-in a body would.
+BM25F (Robertson and Zaragoza's "simple BM25 extension to multiple weighted fields"): a term's frequency
+in each field is divided by that field's length normalisation ``1 - b + b * len / avglen`` (each field
+with its own average length and ``b``), multiplied by the field's weight and added up; the sum is
+saturated once, ``tf / (k1 + tf)``, and multiplied by Lucene's idf ``log(1 + (N - df + 0.5) / (df + 0.5))``
+(``df``: chunks holding the term in any field; always positive, so a one-document conversation still
+finds its document). A title word counts twice a body word and a heading word 1.25 times, so a question
+phrased like a page title or a section heading lifts that chunk more than the same words in a body,
+while a word repeated in several fields still saturates like one (summing three separate BM25 scores
+would count its idf three times). With the title and section weights at 0 this is plain BM25 on the body.
 
-BM25 per field is Lucene's: idf ``log(1 + (N - df + 0.5) / (df + 0.5))`` (always positive, so a
-one-document conversation still finds its document) and ``tf / (tf + k1 * (1 - b + b * len / avglen))``.
+Last, a chunk gains a share of the scores of its page's other strong chunks (:func:`with_page_evidence`):
+a page with several passages on the question wins over one stray passage elsewhere.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
+from collections import Counter
 from functools import lru_cache
 from dataclasses import dataclass, replace
 from typing import Protocol, Sequence
@@ -48,15 +56,19 @@ class Weights:
     """Ranking parameters. Chosen on the Python 3.11 library-reference development set
     (``benchmarks/retrieval_docs.py``), never on SciFact's test split."""
 
-    title: float = 0.5  # weight of the title field's BM25 score; the body's is 1
-    section: float = 0.5  # weight of the section field's
+    title: float = 2.0  # a title word counts as much as this many body words (BM25F field weight)
+    section: float = 1.25  # a section heading word, likewise
     title_b: float = 0.3  # length normalisation of the title and section fields
     k1: float = DEFAULT_K1
     b: float = DEFAULT_B
-    # Evidence from the rest of the page: a chunk gains this share of the scores of its document's other
-    # chunks among the best candidates (at most ``PAGE_CHUNKS`` of them), so the page about a topic wins
-    # over one stray chunk elsewhere. No effect when every document is one chunk.
-    page: float = 0.3
+    # Evidence from the rest of the page (:func:`with_page_evidence`): a strong chunk gains this share of its
+    # document's other strong chunks' scores, decayed by rank. No effect when every document is one chunk.
+    page: float = 0.5
+    page_decay: float = 0.8
+    page_floor: float = 0.5  # strong: at least this share of the best chunk's score
+    # At most this many chunks of one document in a result list while other documents have matching chunks
+    # (0: no limit), so the chunks of one long page do not push every other page out of the top k.
+    per_document: int = 3
 
     @property
     def without_structure(self) -> "Weights":
@@ -183,25 +195,51 @@ class Segment:
         return self.fields["body"].size
 
 
-def _field_scores(
-    segments: Sequence[Segment], name: str, query: list[str], k1: float, b: float, weight: float, totals: list[np.ndarray]
-) -> None:
-    fields: list[FieldPostings] = [segment.fields[name] for segment in segments]
-    count = sum(f.size for f in fields)
+def _length_norms(segments: Sequence[Segment], name: str, b: float) -> list[np.ndarray] | None:
+    """Per segment, ``1 - b + b * length / average length`` of field ``name`` (None when the field is empty).
+
+    The average is over the chunks that have the field, as Lucene takes it: a few headings among many chunks
+    without one are not long headings."""
+    fields = [segment.fields[name] for segment in segments]
+    count = sum(int(np.count_nonzero(f.lengths)) for f in fields)
     average = sum(f.total_length for f in fields) / count if count else 0.0
     if average <= 0:
-        return
-    norms = [k1 * (1 - b + b * f.lengths / average) for f in fields]
-    for term in query:
-        found = [f.postings(term) for f in fields]
-        frequency = sum(len(hit[0]) for hit in found if hit is not None)
-        if not frequency:
-            continue
-        idf = weight * math.log(1.0 + (count - frequency + 0.5) / (frequency + 0.5))
-        for total, norm, hit in zip(totals, norms, found):
-            if hit is not None:
+        return None
+    return [1.0 - b + b * f.lengths / average for f in fields]
+
+
+def _bm25f_scores(segments: Sequence[Segment], terms: list[str], weights: Weights) -> list[np.ndarray]:
+    """BM25F per chunk: each term's field frequencies, length-normalised per field and weighted, are added
+    before one saturation, ``idf * tf / (k1 + tf)``; idf counts the chunks holding the term in any field."""
+    fields = [("body", 1.0, weights.b), ("title", weights.title, weights.title_b),
+              ("section", weights.section, weights.title_b)]
+    norms = {name: _length_norms(segments, name, b) for name, weight, b in fields if weight > 0}
+    count = sum(len(segment) for segment in segments)
+    totals = [np.zeros(len(segment), np.float64) for segment in segments]
+    for term, repeats in Counter(terms).items():
+        found: list[tuple[int, np.ndarray, np.ndarray]] = []  # (segment, chunks, weighted frequencies)
+        for number, segment in enumerate(segments):
+            frequency = None
+            for name, weight, _ in fields:
+                if norms.get(name) is None:
+                    continue
+                hit = segment.fields[name].postings(term)
+                if hit is None:
+                    continue
                 docs, freqs = hit
-                total[docs] += idf * freqs / (freqs + norm[docs])
+                if frequency is None:
+                    frequency = np.zeros(len(segment), np.float64)
+                frequency[docs] += weight * freqs / norms[name][number][docs]
+            if frequency is not None:
+                docs = np.flatnonzero(frequency)
+                found.append((number, docs, frequency[docs]))
+        holding = sum(len(docs) for _, docs, _ in found)
+        if not holding:
+            continue
+        idf = repeats * math.log(1.0 + (count - holding + 0.5) / (holding + 0.5))
+        for number, docs, frequency in found:
+            totals[number][docs] += idf * frequency / (weights.k1 + frequency)
+    return totals
 
 
 def search_segments(segments: Sequence[Segment], query: str, k: int, weights: Weights = DEFAULT_WEIGHTS) -> list[ScoredChunk]:
@@ -210,18 +248,16 @@ def search_segments(segments: Sequence[Segment], query: str, k: int, weights: We
     terms = analyze_query(query)
     if k <= 0 or not segments or not terms:
         return []
-    totals = [np.zeros(len(segment), np.float64) for segment in segments]
-    _field_scores(segments, "body", terms, weights.k1, weights.b, 1.0, totals)
-    for name, weight in (("title", weights.title), ("section", weights.section)):
-        if weight:
-            _field_scores(segments, name, terms, weights.k1, weights.title_b, weight, totals)
-    scores = np.concatenate(totals)
-    if weights.page:
+    scores = np.concatenate(_bm25f_scores(segments, terms, weights))
+    if weights.page or weights.per_document:
         document_offsets = np.cumsum([0] + [int(s.documents.max()) + 1 if len(s.documents) else 0 for s in segments])
         documents = np.concatenate([s.documents + offset for s, offset in zip(segments, document_offsets)])
-        scores = _with_page_evidence(scores, documents, weights.page)
+        if weights.page:
+            scores = with_page_evidence(scores, documents, weights)
+    else:
+        documents = None
     offsets = np.cumsum([0] + [len(segment) for segment in segments])
-    best = _best(scores, k)
+    best = _best_per_document(scores, documents, k, weights.per_document) if documents is not None else _best(scores, k)
     results = []
     for position, score in best:
         number = int(np.searchsorted(offsets, position, side="right")) - 1
@@ -229,23 +265,64 @@ def search_segments(segments: Sequence[Segment], query: str, k: int, weights: We
     return results
 
 
-PAGE_CANDIDATES = 200
-PAGE_CHUNKS = 3
+def _best_per_document(scores: np.ndarray, documents: np.ndarray, k: int, limit: int) -> list[tuple[int, float]]:
+    """The ``k`` best positive scores, taking at most ``limit`` chunks of one document while chunks of other
+    documents remain; best first. Without enough other documents, the limit is lifted."""
+    matching = documents[scores > 0]
+    if limit <= 0 or matching.size == 0 or (matching == matching[0]).all():
+        return _best(scores, k)
+    pool_size = k
+    while True:
+        pool = _best(scores, pool_size)
+        taken: list[tuple[int, float]] = []
+        left: list[tuple[int, float]] = []
+        per_document: dict[int, int] = {}
+        for index, score in pool:
+            document = int(documents[index])
+            if per_document.get(document, 0) < limit:
+                per_document[document] = per_document.get(document, 0) + 1
+                taken.append((index, score))
+                if len(taken) == k:
+                    return taken
+            else:
+                left.append((index, score))
+        if len(pool) < pool_size or pool_size >= scores.size:  # every positive score has been seen
+            return sorted(taken + left[: k - len(taken)], key=lambda item: (-item[1], item[0]))
+        pool_size *= 4
 
 
-def _with_page_evidence(scores: np.ndarray, documents: np.ndarray, share: float) -> np.ndarray:
-    candidates = np.array([index for index, _ in _best(scores, PAGE_CANDIDATES)], dtype=np.int64)
-    if candidates.size < 2:
+def with_page_evidence(scores: np.ndarray, documents: np.ndarray, weights: Weights) -> np.ndarray:
+    """Each strong chunk gains ``weights.page`` times the decayed sum of its document's other strong chunks.
+
+    Strong: scoring at least ``weights.page_floor`` times the best chunk. A document's strong chunks, best
+    first, count ``decay``, ``decay**2``, ... (the chunk itself left out), so a page with several good
+    passages on the question beats a page with one stray match, and a long page gains little from its
+    tenth weak passage. Other chunks keep their score.
+    """
+    best = float(scores.max()) if scores.size else 0.0
+    if best <= 0:
         return scores
+    strong = np.flatnonzero(scores >= weights.page_floor * best)
+    if strong.size < 2:
+        return scores
+    # By document, then best first (ties: lower chunk number first).
+    strong = strong[np.lexsort((strong, -scores[strong], documents[strong]))]
+    own = scores[strong]
+    group = documents[strong]
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    sizes = np.diff(np.r_[starts, strong.size])
+    first = np.repeat(starts, sizes)
+    rank = np.arange(strong.size) - first
+    decay = weights.page_decay
+    # Others of the chunk at rank r: those above it count decay**(j + 1), those below it decay**j.
+    above = decay ** (rank + 1) * own
+    below = decay ** rank * own
+    above_sum = np.cumsum(above)
+    above_before = above_sum - above - np.repeat(np.r_[0.0, above_sum][starts], sizes)
+    below_sum = np.cumsum(below)
+    below_after = np.repeat(below_sum[starts + sizes - 1], sizes) - below_sum
     boosted = scores.copy()
-    by_document: dict[int, list[float]] = {}
-    for index in candidates.tolist():  # best first
-        by_document.setdefault(int(documents[index]), []).append(float(scores[index]))
-    for index in candidates.tolist():
-        own = float(scores[index])
-        best = by_document[int(documents[index])][:PAGE_CHUNKS + 1]
-        others = sum(best) - own if own in best else sum(best[:PAGE_CHUNKS])
-        boosted[index] = own + share * others
+    boosted[strong] = own + weights.page * (above_before + below_after)
     return boosted
 
 
