@@ -61,6 +61,10 @@ def test_json_keeps_document_order():
         ("<div/><div/><div/>", 0),
         ("</div></div><b>x</b>", 1),  # stray end tags never go below zero
         ("<div>" * 500, 500),
+        ("<div><script>x</script>" * 300, 300),  # a script's end tag closes the script, not the div around it
+        ("<DIV><BR><Img src=x><div /   \n  ><div" + " " * 20 + "/>é", 1),  # case, white space before />
+        ("<div>text without an end <b", 1),  # "<b" is not a tag: no ">" before the end
+        ("<!-- never closed <div><div>", 0),
     ],
 )
 def test_html_nesting_depth(html, depth):
