@@ -123,9 +123,11 @@ def _token_byte_lengths() -> np.ndarray:
     return lengths
 
 
-def _token_ends(text: str) -> np.ndarray:
-    """Character offset where each token of ``text`` ends, from one encoding of the whole text."""
-    tokens = encode(text)
+def _token_ends(text: str, tokens: list[int] | None = None) -> np.ndarray:
+    """Character offset where each token of ``text`` ends, from one encoding of the whole text (``tokens``,
+    when the caller has it already)."""
+    if tokens is None:
+        tokens = encode(text)
     if not tokens:
         return np.zeros(0, dtype=np.int64)
     byte_ends = np.cumsum(_token_byte_lengths()[np.asarray(tokens, dtype=np.int64)])
@@ -138,25 +140,29 @@ def _token_ends(text: str) -> np.ndarray:
     return np.searchsorted(char_byte_ends, byte_ends, side="left") + 1
 
 
-def _sentence_units(text: str, chunk_tokens: int) -> list[_Unit]:
-    """Sentences (or token-cut pieces of over-long ones) with their token counts, from one encoding of ``text``.
+def _sentence_units(text: str, chunk_tokens: int, ends: np.ndarray) -> list[_Unit]:
+    """Sentences (or token-cut pieces of over-long ones) with their token counts, from one encoding of ``text``
+    (``ends``: :func:`_token_ends`).
 
     A sentence's count is the number of the text's tokens ending inside it: within a token or two of
     encoding the sentence alone. Chunk sizes are checked with an exact count in :func:`_pack`.
     """
-    units: list[_Unit] = []
-    ends = _token_ends(text)
     paragraph_ends = {match.start() for match in _PARAGRAPH_BREAK.finditer(text)}
+    pieces: list[tuple[int, int, bool]] = []  # (start, end, ends a paragraph)
     start = 0
     cuts = [(m.start(), m.end()) for m in _SENTENCE_END.finditer(text)] + [(len(text), len(text))]
     for cut_start, cut_end in cuts:
         if cut_start <= start:
             start = max(start, cut_end)
             continue
-        piece_end = cut_start
-        ends_paragraph = cut_start in paragraph_ends or piece_end == len(text)
-        first = int(np.searchsorted(ends, start, side="right"))
-        last = int(np.searchsorted(ends, piece_end, side="right"))
+        pieces.append((start, cut_start, cut_start in paragraph_ends or cut_start == len(text)))
+        start = cut_end
+    if not pieces:
+        return []
+    firsts = np.searchsorted(ends, [piece[0] for piece in pieces], side="right").tolist()
+    lasts = np.searchsorted(ends, [piece[1] for piece in pieces], side="right").tolist()
+    units: list[_Unit] = []
+    for (start, piece_end, ends_paragraph), first, last in zip(pieces, firsts, lasts):
         count = max(1, last - first)
         if count <= chunk_tokens:
             units.append(_Unit(start, piece_end, count, ends_paragraph))
@@ -167,13 +173,15 @@ def _sentence_units(text: str, chunk_tokens: int) -> list[_Unit]:
                 unit_end = piece_end if stop == last else int(ends[stop - 1])
                 if unit_end > unit_start:
                     units.append(_Unit(unit_start, unit_end, stop - index, ends_paragraph and stop == last))
-        start = cut_end
     return units
 
 
-def _pack(text: str, units: list[_Unit], chunk_tokens: int, overlap: int) -> list[tuple[int, int, int]]:
+def _pack(text: str, units: list[_Unit], chunk_tokens: int, overlap: int, ends: np.ndarray) -> list[tuple[int, int, int]]:
     """Index ranges [first, last] of units forming each chunk, with the chunk's exact token count."""
     ranges: list[tuple[int, int, int]] = []
+    # Tokens of the whole text ending up to each unit's start and end: a chunk's tokens, to a token or two.
+    ended_before = np.searchsorted(ends, [unit.start for unit in units], side="right").tolist()
+    ended_by = np.searchsorted(ends, [unit.end for unit in units], side="right").tolist()
     # Packing to a little under the limit leaves room for the estimates' error, so the exact count rarely
     # has to drop a sentence and count again.
     budget = chunk_tokens - max(2, chunk_tokens // 50)
@@ -195,11 +203,8 @@ def _pack(text: str, units: list[_Unit], chunk_tokens: int, overlap: int) -> lis
                     best = index
             if best is not None:
                 last = best
-        # Unit counts are estimates from the whole text's encoding: the chunk's own count decides.
-        tokens = count_tokens(text[units[first].start : units[last].end].strip())
-        while last > first and tokens > chunk_tokens:
-            last -= 1
-            tokens = count_tokens(text[units[first].start : units[last].end].strip())
+        # Unit counts are estimates: the chunk's own count decides, the most units whose text fits.
+        last, tokens = _last_fitting(text, units, first, last, chunk_tokens, ended_before[first], ended_by)
         ranges.append((first, last, tokens))
         if last + 1 >= len(units):
             break
@@ -210,6 +215,38 @@ def _pack(text: str, units: list[_Unit], chunk_tokens: int, overlap: int) -> lis
             next_first -= 1
         first = next_first
     return ranges
+
+
+def _last_fitting(text: str, units: list[_Unit], first: int, last: int, limit: int, ended_before: int,
+                  ended_by: list[int]) -> tuple[int, int]:
+    """The largest ``end`` in [first, last] whose chunk ``units[first..end]`` counts at most ``limit`` tokens
+    (``first`` when none does), with that count.
+
+    The same as counting from ``last`` down until a chunk fits, with fewer counts: a chunk's exact count
+    grows with the units it takes, and the whole text's tokens ending inside it say within a token or two
+    where the limit falls; the exact counts on both sides of that guess decide.
+    """
+
+    def exact(end: int) -> int:
+        return count_tokens(text[units[first].start : units[end].end].strip())
+
+    guess = last
+    while guess > first and ended_by[guess] - ended_before + 1 > limit:
+        guess -= 1
+    tokens = exact(guess)
+    if tokens > limit:  # the guess takes too much: one unit fewer at a time
+        while guess > first:
+            guess -= 1
+            tokens = exact(guess)
+            if tokens <= limit:
+                break
+        return guess, tokens
+    while guess < last:  # it fits: one unit more while the next still fits
+        more = exact(guess + 1)
+        if more > limit:
+            break
+        guess, tokens = guess + 1, more
+    return guess, tokens
 
 
 def chunk_sections(
@@ -232,13 +269,15 @@ def chunk_sections(
         section_label = " › ".join(path)
         whole = section.text.strip()
         # More than 12 characters a token never happens in prose: such a section is long, skip counting it whole.
-        whole_tokens = count_tokens(whole) if len(whole) <= 12 * chunk_tokens else chunk_tokens + 1
+        whole_encoded = encode(whole) if len(whole) <= 12 * chunk_tokens else None
+        whole_tokens = len(whole_encoded) if whole_encoded is not None else chunk_tokens + 1
         if whole_tokens <= chunk_tokens:  # most sections of reference documentation: one chunk, one count
             pieces = [(whole, whole_tokens)] if whole else []
         else:
-            units = _sentence_units(section.text, chunk_tokens)
+            ends = _token_ends(section.text, whole_encoded if whole == section.text else None)
+            units = _sentence_units(section.text, chunk_tokens, ends)
             pieces = []
-            for first, last, tokens in _pack(section.text, units, chunk_tokens, overlap):
+            for first, last, tokens in _pack(section.text, units, chunk_tokens, overlap, ends):
                 text = section.text[units[first].start : units[last].end].strip()
                 if text:
                     pieces.append((text, tokens))

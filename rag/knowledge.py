@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import tempfile
@@ -34,6 +35,8 @@ import threading
 import time
 import zipfile
 import zlib
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -45,6 +48,7 @@ from rag.bm25 import DEFAULT_BACKEND
 from rag.chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP
 from rag.index import FIELD_TERMS, FIELDS, Collection, FieldPostings, Segment, check_index_options
 from rag.loaders import LoadError, SkippedFile, document_chunks, folder_files, load_bytes, relative_source
+from rag.tokens import encoding
 from rag.types import SHARED_SCOPE, Chunk, ScoredChunk
 
 log = logging.getLogger(__name__)
@@ -175,12 +179,105 @@ class ChunkStore(Sequence[Chunk]):
 
 
 @dataclass
+class FileTerms:
+    """One field's terms in a file's chunks: the file's own vocabulary (in order of first use), the number of
+    every term of every chunk in order, and how many terms each chunk has. Compact to send between processes."""
+
+    vocabulary: list[str]
+    ids: np.ndarray  # int32, into vocabulary
+    lengths: np.ndarray  # int64, per chunk
+
+    @classmethod
+    def of(cls, term_lists: Sequence[Sequence[str]]) -> "FileTerms":
+        numbers: dict[str, int] = {}
+        intern = numbers.setdefault
+        lengths = np.fromiter((len(terms) for terms in term_lists), np.int64, len(term_lists))
+        ids = np.fromiter((intern(term, len(numbers)) for terms in term_lists for term in terms), np.int32,
+                          int(lengths.sum()))
+        return cls(list(numbers), ids, lengths)
+
+
+@dataclass
+class ProcessedFile:
+    """What reading, chunking and analysing one file gives (computed in a worker process for large folders).
+
+    The chunks come as their cache columns (their texts are in ``block``), which is what the index keeps
+    and much less to send back from a worker than Chunk objects."""
+
+    title: str = ""
+    skipped: str = ""  # why the file was skipped, "" when it was not
+    block: bytes = b""  # zlib-compressed chunk texts, joined in order
+    columns: dict[str, list] = field(default_factory=dict)  # per name in _NEW_CHUNK_COLUMNS, per chunk
+    terms: dict[str, FileTerms] = field(default_factory=dict)  # per field
+
+    @property
+    def chunk_count(self) -> int:
+        return len(self.columns.get("position", ()))
+
+
+_NEW_CHUNK_COLUMNS = ("position", "page", "tokens", "text_bytes", "title", "section", "anchor")
+
+
+def _chunk_columns(chunks: list[Chunk]) -> dict[str, list]:
+    return {
+        "position": [chunk.position for chunk in chunks],
+        "page": [-1 if chunk.page is None else chunk.page for chunk in chunks],
+        "tokens": [chunk.tokens for chunk in chunks],
+        "text_bytes": [len(chunk.text.encode("utf-8")) for chunk in chunks],
+        "title": [chunk.title for chunk in chunks],
+        "section": [chunk.section for chunk in chunks],
+        "anchor": [chunk.anchor for chunk in chunks],
+    }
+
+
+def process_file(source: str, data: bytes, chunk_tokens: int, chunk_overlap: int) -> ProcessedFile:
+    """Load, chunk and analyse one file of the knowledge folder; a file that cannot be read is skipped."""
+    try:
+        document = load_bytes(data, Path(source).name, source)
+        chunks = document_chunks(document, source, chunk_tokens=chunk_tokens, overlap=chunk_overlap)
+    except LoadError as exc:
+        log.warning("Skipped %s: %s", source, exc)
+        return ProcessedFile(skipped=str(exc), columns=_chunk_columns([]),
+                             terms={name: FileTerms.of([]) for name in FIELDS})
+    block = zlib.compress("".join(chunk.text for chunk in chunks).encode("utf-8"), TEXT_COMPRESSION)
+    terms = {name: FileTerms.of([field_terms(c) for c in chunks]) for name, field_terms in FIELD_TERMS.items()}
+    return ProcessedFile(document.title, "", block, _chunk_columns(chunks), terms)
+
+
+# Processes for a cold start of a large folder: worker processes take the files from the front of the list
+# while the calling thread takes them from the back. Starting a worker costs up to ~0.7 s (a fork server
+# importing numpy, tiktoken and the parsers) before it reads a file, so small refreshes stay in-process.
+PARALLEL_MIN_BYTES = 4 * 1024 * 1024
+PARALLEL_MIN_FILES = 8
+MAX_WORKERS = 4
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """fork when this process runs one thread (a command line); a fork server when it runs several (the app:
+    forking a process whose other threads may hold locks can deadlock the child)."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    if "forkserver" in methods:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["rag.knowledge"])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+@dataclass
 class _NewFile:
-    """A file processed in this refresh: its chunks and both fields' terms."""
+    """A file processed in this refresh: its cache entry and what processing it gave."""
 
     entry: _File
-    chunks: list[Chunk]
-    terms: dict[str, list[list[str]]]  # per field, per chunk
+    result: ProcessedFile
 
 
 def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -222,8 +319,12 @@ class KnowledgeBase:
         chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
         chunk_overlap: int = DEFAULT_OVERLAP,
         collection: Collection | None = None,
+        workers: int | None = None,
     ):
+        """``workers``: processes that read files besides the calling thread on a large refresh; None picks
+        one fewer than the usable CPUs (at most ``MAX_WORKERS``) when the files to read are large enough."""
         check_index_options(backend, chunk_tokens, chunk_overlap)
+        self.workers = workers
         self.folder = Path(folder)
         self.cache_dir = Path(cache_dir)
         self.backend = backend  # validated for compatibility; every search uses rag.index's field index
@@ -361,17 +462,67 @@ class KnowledgeBase:
 
     # --- refresh -----------------------------------------------------------------------------------
 
-    def _process(self, source: str, data: bytes, entry: _File) -> _NewFile:
-        try:
-            document = load_bytes(data, Path(source).name, source)
-            chunks = document_chunks(document, source, chunk_tokens=self.chunk_tokens, overlap=self.chunk_overlap)
-        except LoadError as exc:
-            log.warning("Skipped %s: %s", source, exc)
-            entry.skipped = str(exc)
-            return _NewFile(entry, [], {name: [] for name in FIELDS})
-        entry.title = document.title
-        entry.block = zlib.compress("".join(chunk.text for chunk in chunks).encode("utf-8"), TEXT_COMPRESSION)
-        return _NewFile(entry, chunks, {name: [terms(c) for c in chunks] for name, terms in FIELD_TERMS.items()})
+    def _new_file(self, entry: _File, result: ProcessedFile) -> _NewFile:
+        entry.skipped, entry.title, entry.block = result.skipped, result.title, result.block
+        return _NewFile(entry, result)
+
+    def _worker_count(self, jobs: list[tuple[str, bytes, _File]]) -> int:
+        if self.workers is not None:
+            return max(0, min(self.workers, len(jobs) - 1))
+        if len(jobs) < PARALLEL_MIN_FILES or sum(len(data) for _, data, _ in jobs) < PARALLEL_MIN_BYTES:
+            return 0
+        return max(0, min(usable_cpus() - 1, MAX_WORKERS))
+
+    def _process_all(self, jobs: list[tuple[str, bytes, _File]], progress: Progress | None) -> list[_NewFile]:
+        """Every job's _NewFile, in order; with worker processes when the jobs are large enough to pay for them."""
+        results: list[_NewFile | None] = [None] * len(jobs)
+
+        def finished(number: int, result: ProcessedFile) -> None:
+            source, _, entry = jobs[number]
+            results[number] = self._new_file(entry, result)
+            self.progress.done += 1
+            self.progress.current = source
+            if progress is not None:
+                progress(self.progress.done, len(jobs), source)
+
+        def run_here(number: int) -> None:
+            source, data, _ = jobs[number]
+            self.progress.current = source
+            finished(number, process_file(source, data, self.chunk_tokens, self.chunk_overlap))
+
+        workers = self._worker_count(jobs)
+        if workers:
+            try:
+                self._process_in_pool(jobs, workers, run_here, finished)
+            except (BrokenProcessPool, OSError) as exc:  # a worker died or could not start: finish here
+                log.warning("Indexing in worker processes failed (%s); going on in this process.", exc)
+        for number, result in enumerate(results):
+            if result is None:
+                run_here(number)
+        return results  # type: ignore[return-value]
+
+    def _process_in_pool(self, jobs, workers: int, run_here, finished) -> None:
+        """Workers take the files from the front of the list, two each ahead; this thread from the back."""
+        encoding()  # loaded before forking, so that forked workers do not each load it again
+        front, back = 0, len(jobs)  # jobs[front:back] are not started yet
+        running: dict[Future, int] = {}
+
+        def collect(future: Future) -> None:
+            finished(running.pop(future), future.result())  # a worker's error is raised here
+
+        with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
+            while front < back:
+                while front < back and len(running) < 2 * workers:
+                    source, data, _ = jobs[front]
+                    running[pool.submit(process_file, source, data, self.chunk_tokens, self.chunk_overlap)] = front
+                    front += 1
+                if front < back:
+                    back -= 1
+                    run_here(back)
+                for future in [future for future in running if future.done()]:
+                    collect(future)
+            for future in as_completed(list(running)):
+                collect(future)
 
     def refresh(self, progress: Progress | None = None) -> RefreshReport:
         with self._refresh_lock:
@@ -428,20 +579,9 @@ class KnowledgeBase:
         report.removed = sorted(set(cached) - current_sources)
         changed = bool(to_process or report.removed or cache_problem)
 
-        processed: list[_File | _NewFile] = []
-        done = 0
         self.progress.total = to_process
-        for item in found:
-            if isinstance(item, _File):
-                processed.append(item)
-                continue
-            source, data, entry = item
-            self.progress.current = source
-            processed.append(self._process(source, data, entry))
-            done += 1
-            self.progress.done = done
-            if progress is not None:
-                progress(done, to_process, source)
+        new_files = iter(self._process_all([item for item in found if not isinstance(item, _File)], progress))
+        processed: list[_File | _NewFile] = [item if isinstance(item, _File) else next(new_files) for item in found]
         for item in processed:
             entry = item.entry if isinstance(item, _NewFile) else item
             if entry.skipped:
@@ -502,27 +642,23 @@ class KnowledgeBase:
                               next_chunk, count, entry.block)
             else:
                 entry = item.entry
-                count = len(item.chunks)
+                count = item.result.chunk_count
                 entry.first_chunk, entry.chunk_count = next_chunk, count
                 if count:
                     old_numbers.append(np.full(count, -1, np.int64))
                     new_at.append((next_chunk, item))
-                    starts, ends, offset = [], [], 0
-                    for chunk in item.chunks:
-                        length = len(chunk.text.encode("utf-8"))
-                        starts.append(offset)
-                        ends.append(offset + length)
-                        offset += length
+                    new_columns = item.result.columns
+                    ends = np.cumsum(new_columns["text_bytes"], dtype=np.int64)
                     values = {
                         "file": [file_number] * count,
-                        "position": [c.position for c in item.chunks],
-                        "page": [-1 if c.page is None else c.page for c in item.chunks],
-                        "tokens": [c.tokens for c in item.chunks],
-                        "text_start": starts,
+                        "position": new_columns["position"],
+                        "page": new_columns["page"],
+                        "tokens": new_columns["tokens"],
+                        "text_start": ends - np.asarray(new_columns["text_bytes"], np.int64),
                         "text_end": ends,
-                        "title": [intern(c.title, len(string_ids)) for c in item.chunks],
-                        "section": [intern(c.section, len(string_ids)) for c in item.chunks],
-                        "anchor": [intern(c.anchor, len(string_ids)) for c in item.chunks],
+                        "title": [intern(text, len(string_ids)) for text in new_columns["title"]],
+                        "section": [intern(text, len(string_ids)) for text in new_columns["section"]],
+                        "anchor": [intern(text, len(string_ids)) for text in new_columns["anchor"]],
                     }
                     for name in _CHUNK_COLUMNS:
                         dtype = np.int64 if name.startswith("text_") else np.int32
@@ -554,14 +690,15 @@ class KnowledgeBase:
                 doc_parts.append(new_docs[keep])
                 freq_parts.append(freqs[keep])
                 lengths[kept_new] = previous.lengths[carried[kept_new]]
+            intern = vocabulary.setdefault
             for first, item in new_at:
-                term_lists = item.terms[name]
-                added = FieldPostings.build(term_lists, vocabulary)
-                term_ids, docs, freqs = added.entries()
-                term_parts.append(term_ids)
-                doc_parts.append(docs.astype(np.int64) + first)
-                freq_parts.append(freqs)
-                lengths[first : first + len(term_lists)] = added.lengths
+                terms: FileTerms = item.result.terms[name]
+                numbers = np.fromiter((intern(term, len(vocabulary)) for term in terms.vocabulary), np.int64,
+                                      len(terms.vocabulary))
+                term_parts.append(numbers[terms.ids])
+                doc_parts.append(np.repeat(np.arange(first, first + len(terms.lengths), dtype=np.int64), terms.lengths))
+                freq_parts.append(np.ones(len(terms.ids), np.float32))
+                lengths[first : first + len(terms.lengths)] = terms.lengths
             if term_parts:
                 fields[name] = FieldPostings.from_entries(
                     vocabulary, np.concatenate(term_parts), np.concatenate(doc_parts),

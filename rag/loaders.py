@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 TEXT_SUFFIXES = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".text": "text", ".rst": "rst"}
 SUPPORTED_SUFFIXES = sorted(set(TEXT_SUFFIXES) | {".html", ".htm", ".pdf", ".docx", ".csv", ".json"})
 _CONTROL_BYTES = set(range(0, 9)) | {11, 12} | set(range(14, 32)) | {127}
+_CONTROL_BYTE_STRING = bytes(sorted(_CONTROL_BYTES))
 
 
 class LoadError(Exception):
@@ -169,7 +170,7 @@ def looks_binary(data: bytes) -> bool:
     sample = data[:8192]
     if b"\x00" in sample:
         return True
-    control = sum(1 for byte in sample if byte in _CONTROL_BYTES)
+    control = len(sample) - len(sample.translate(None, _CONTROL_BYTE_STRING))
     return control > 0.05 * len(sample)
 
 
@@ -299,10 +300,14 @@ def _first_heading(sections: list[Section]) -> str:
 
 def load_html(data: bytes, name: str) -> tuple[str, list[Section]]:
     """The page title and its sections (with heading paths and anchors): see :mod:`rag.html`."""
+    return _parse_html_text(decode_text(data, name), name)
+
+
+def _parse_html_text(text: str, name: str) -> tuple[str, list[Section]]:
     from rag.html import parse_html
 
     try:
-        return parse_html(decode_text(data, name))
+        return parse_html(text)
     except ValueError as exc:
         raise LoadError(f"{name} could not be read as HTML ({exc}).") from None
 
@@ -551,9 +556,10 @@ def load_bytes(data: bytes, name: str, source: str | None = None, limits: LoadLi
         check_text_size(len(text), name, limits)
         sections = _text_sections(text, TEXT_SUFFIXES[suffix])
     elif suffix in (".html", ".htm"):
-        check_html_depth(decode_text(data, name), name, limits)  # before any tree is built
+        text = decode_text(data, name)
+        check_html_depth(text, name, limits)  # before any tree is built
         try:
-            page_title, sections = load_html(data, name)
+            page_title, sections = _parse_html_text(text, name)
         except (LoadError, MemoryError):
             raise
         except Exception as exc:  # the HTML parser's own errors (selectolax's, for one, when memory runs out)
