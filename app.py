@@ -576,6 +576,17 @@ class PartialAnswerSaver:
         self.interval_s = float("inf")
 
 
+async def show_answer_placeholder() -> cl.Message:
+    """The answer's message, shown empty while the model reads the prompt, so that its first token only
+    updates a message already on the page (mounting a new message in the browser took most of the time
+    between the model's first token and the first word on screen). It is stored once it has text."""
+    message = cl.Message(content="", author="assistant")
+    message.persisted = True  # Chainlit's send() then shows it without storing an empty answer
+    await message.send()
+    message.persisted = False  # the final send() (or the partial saves) store it
+    return message
+
+
 async def answer(question: str) -> None:
     history = cl.user_session.get("history") or []
     options = routing_options()
@@ -609,11 +620,16 @@ async def answer(question: str) -> None:
                     waiting = None
                 if retrieval_shown is not None:
                     await retrieval_shown
-                message = cl.Message(content="", author="assistant")
+                message = await show_answer_placeholder()
                 saver = PartialAnswerSaver(message)
                 streamed = ""
                 stage = f"waiting for the first word of {event.model}"
             elif isinstance(event, Thinking):
+                if thinking is None and message is not None and not streamed:
+                    # The thinking step goes above the answer: the answer's message comes with its first word.
+                    await message.remove()
+                    message = cl.Message(content="", author="assistant")
+                    saver = PartialAnswerSaver(message)
                 thinking = thinking or await ui.ThinkingStep.start()
                 stage = "the model was thinking"
                 await thinking.add(event.text)
@@ -629,7 +645,7 @@ async def answer(question: str) -> None:
             elif isinstance(event, Escalated):
                 if saver is not None:
                     await saver.finish()
-                if message is not None and streamed:
+                if message is not None:
                     await message.remove()
                 await ui.show_escalation(event.reason, event.from_model, event.draft, event.early, event.purpose)
                 message, streamed = None, ""
