@@ -26,6 +26,7 @@ import pytest
 from assistant.uploads import safe_name
 from benchmarks.chat_client import ChatClient
 from benchmarks.harness import AppServer, make_app_root
+from rag.chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP
 from rag.knowledge import KnowledgeBase
 from rag.loaders import document_chunks, load_bytes
 from tests.fake_openai_server import FakeOpenAIServer, HeaderCuttingServer, Script
@@ -401,13 +402,12 @@ def test_kill_9_mid_share_leaves_the_document_whole_in_knowledge_or_in_the_conve
         assert any("is ready for this conversation" in text for text in steps)  # the thread reopens
         assert name.replace(" ", "") in docs.answer.replace(" ", "").replace("\\", "")  # the upload is still there
         if in_knowledge:  # whole in the index: every chunk of the document, as a fresh indexing makes them
-            report = KnowledgeBase(app.knowledge_dir, app.root / "cache" / "index").refresh()
-            assert report.cache == "reused"
             restarted = KnowledgeBase(app.knowledge_dir, app.root / "cache" / "index")
-            restarted.refresh()
-            indexed = [c.text for c in sorted(restarted.chunks, key=lambda c: c.position)
-                       if c.source == f"uploads/{target.name}"]
-            document = load_bytes(data, target.name, f"uploads/{target.name}")
-            assert indexed == [c.text for c in document_chunks(document, target.name, chunk_tokens=300, overlap=50)]
+            assert restarted.refresh().cache == "reused"  # the app's cache, as the app left it, loads
+            source = f"uploads/{target.name}"
+            indexed = [c.text for c in sorted(restarted.chunks, key=lambda c: c.position) if c.source == source]
+            fresh = document_chunks(load_bytes(data, target.name, source), source,
+                                    chunk_tokens=DEFAULT_CHUNK_TOKENS, overlap=DEFAULT_OVERLAP)
+            assert indexed == [c.text for c in fresh], f"{point}: the shared document's index is not whole"
     # The kill at the copy can miss its few milliseconds on a busy machine; the index update takes seconds.
     assert "indexing" in killed_mid_share, killed_mid_share
