@@ -411,3 +411,37 @@ def test_kill_9_mid_share_leaves_the_document_whole_in_knowledge_or_in_the_conve
             assert indexed == [c.text for c in fresh], f"{point}: the shared document's index is not whole"
     # The kill at the copy can miss its few milliseconds on a busy machine; the index update takes seconds.
     assert "indexing" in killed_mid_share, killed_mid_share
+
+
+def test_share_command_shares_an_upload_by_name_as_its_button_does(app, fake):
+    """A reopened thread has no Share button (Chainlit does not keep actions): `/share NAME` does the same."""
+    name = "heron notes.md"
+    data = b"# Heron notes\n\nThe heron census counts forty-one nests on the east bank.\n"
+    target = app.knowledge_dir / "uploads" / safe_name(name, hashlib.sha256(data).hexdigest())
+
+    async def share():
+        chat = await new_chat(app)
+        try:
+            ended_before = sum(1 for _, n, _ in chat.events if n == "task_end")
+            await upload_in(chat, name, data)
+            await chat.wait_until(lambda: sum(1 for _, n, _ in chat.events if n == "task_end") > ended_before, 30)
+            missing = await chat.ask("/share no such file.md", 30)
+            shared = await chat.ask(f"/share {name}", 60)
+            again = await chat.ask(f"/share {name}", 60)
+        finally:
+            await chat.close()
+        other = await new_chat(app)
+        try:
+            turn = await other.ask("How many nests does the heron census count?", 60)
+        finally:
+            await other.close()
+        return missing, shared, again, turn
+
+    missing, shared, again, turn = run(share())
+    assert "No upload named" in missing.answer, missing.answer
+    assert "is now shared knowledge" in shared.answer, shared.answer
+    assert target.read_bytes() == data
+    assert "was already in the shared knowledge" in again.answer, again.answer
+    # Another conversation now finds it: its sentence went into that chat's prompt.
+    assert FINISHED in turn.answer
+    assert "forty-one nests" in json.dumps(fake.requests[-1].body["messages"])
