@@ -29,7 +29,7 @@ from assistant import wiring
 from assistant.record import TurnRecord
 from assistant.settings import RoutingMode, SettingsError, load_settings
 from assistant.storage import LocalFileStorage, ensure_schema, thread_data_layer
-from assistant.uploads import UploadError, check_upload, install_upload_checks, save_upload, share_document
+from assistant.uploads import HASH_PREFIX_CHARS, UploadError, check_upload, install_upload_checks, save_upload, share_document
 from assistant import web_security
 from assistant.accounts import Accounts, AccountsError, LoginThrottle
 from rag.documents import DocumentSet, clean_display_name
@@ -411,7 +411,8 @@ async def show_operator_details(values: dict) -> None:
             f"Routing: **{ui.mode_labels(models.small, models.large).get(mode, mode)}** (change it in the settings). "
             f"Knowledge: `{settings.knowledge_dir}`, {knowledge_line}.\n\n"
             "Attach files to ask about them (private to this conversation). "
-            "Type `/docs` to list the documents in scope, `/remove NAME` to drop an upload."
+            "Type `/docs` to list the documents in scope, `/remove NAME` to drop an upload, `/share NAME` to add "
+            "one to the shared knowledge."
         )
 
 
@@ -514,6 +515,9 @@ async def on_message(message: cl.Message) -> None:
     if text.startswith("/remove"):
         await remove_document(text[len("/remove"):].strip())
         return
+    if text.startswith("/share"):
+        await share_by_name(text[len("/share"):].strip())
+        return
     if not text:
         return
     await answer(text)
@@ -576,6 +580,17 @@ class PartialAnswerSaver:
         self.interval_s = float("inf")
 
 
+async def show_answer_placeholder() -> cl.Message:
+    """The answer's message, shown empty while the model reads the prompt, so that its first token only
+    updates a message already on the page (mounting a new message in the browser took most of the time
+    between the model's first token and the first word on screen). It is stored once it has text."""
+    message = cl.Message(content="", author="assistant")
+    message.persisted = True  # Chainlit's send() then shows it without storing an empty answer
+    await message.send()
+    message.persisted = False  # the final send() (or the partial saves) store it
+    return message
+
+
 async def answer(question: str) -> None:
     history = cl.user_session.get("history") or []
     options = routing_options()
@@ -609,11 +624,16 @@ async def answer(question: str) -> None:
                     waiting = None
                 if retrieval_shown is not None:
                     await retrieval_shown
-                message = cl.Message(content="", author="assistant")
+                message = await show_answer_placeholder()
                 saver = PartialAnswerSaver(message)
                 streamed = ""
                 stage = f"waiting for the first word of {event.model}"
             elif isinstance(event, Thinking):
+                if thinking is None and message is not None and not streamed:
+                    # The thinking step goes above the answer: the answer's message comes with its first word.
+                    await message.remove()
+                    message = cl.Message(content="", author="assistant")
+                    saver = PartialAnswerSaver(message)
                 thinking = thinking or await ui.ThinkingStep.start()
                 stage = "the model was thinking"
                 await thinking.add(event.text)
@@ -629,7 +649,7 @@ async def answer(question: str) -> None:
             elif isinstance(event, Escalated):
                 if saver is not None:
                     await saver.finish()
-                if message is not None and streamed:
+                if message is not None:
                     await message.remove()
                 await ui.show_escalation(event.reason, event.from_model, event.draft, event.early, event.purpose)
                 message, streamed = None, ""
@@ -805,10 +825,28 @@ async def on_remove_document(action: cl.Action) -> None:
 
 @cl.action_callback("share_document")
 async def on_share_document(action: cl.Action) -> None:
-    name = str(action.payload.get("name", ""))
     # The client names an upload by its stored name only; it is looked up in this conversation's own folder,
     # so no session can publish another conversation's upload.
-    upload_id = str(action.payload.get("upload", ""))
+    await share_upload(str(action.payload.get("name", "")), str(action.payload.get("upload", "")))
+
+
+async def share_by_name(name: str) -> None:
+    """``/share NAME``: the same as the upload's button, which a reopened thread no longer shows (Chainlit
+    does not keep actions), e.g. after the app stopped in the middle of a share."""
+    if not name:
+        await cl.Message(content="Say which upload to share: `/share NAME` (see `/docs`).", author="assistant").send()
+        return
+    doc = next((d for d in documents().documents() if d.name == name), None)
+    folder = settings.data_dir / "uploads" / thread_id()
+    stored = (next((f for f in folder.glob(f"{doc.sha256[:HASH_PREFIX_CHARS]}-*") if f.is_file()), None)
+              if doc is not None and folder.is_dir() else None)
+    if stored is None:
+        await cl.Message(content=f"No upload named **{ui.md_text(name)}** here (see `/docs`).", author="assistant").send()
+        return
+    await share_upload(doc.name, stored.name)
+
+
+async def share_upload(name: str, upload_id: str) -> None:
     folder = (settings.data_dir / "uploads" / thread_id()).resolve()
     source = (folder / upload_id).resolve()
     if not upload_id or source.parent != folder or not source.is_file():
@@ -817,12 +855,13 @@ async def on_share_document(action: cl.Action) -> None:
     try:
         target, created = await asyncio.to_thread(share_document, source, name, settings.knowledge_dir / "uploads")
     except UploadError as exc:
-        await cl.Message(content=f"❌ Could not share **{name}**: {exc}", author="assistant").send()
+        await cl.Message(content=f"❌ Could not share **{ui.md_text(name)}**: {exc}", author="assistant").send()
         return
     await asyncio.to_thread(knowledge.refresh)
     where = target.relative_to(settings.knowledge_dir)
-    text = (f"**{name}** is now shared knowledge (`{where}`), searchable in every conversation."
-            if created else f"**{name}** was already in the shared knowledge (`{where}`).")
+    shown = ui.md_text(name)
+    text = (f"**{shown}** is now shared knowledge (`{where}`), searchable in every conversation."
+            if created else f"**{shown}** was already in the shared knowledge (`{where}`).")
     await cl.Message(content=text, author="assistant").send()
 
 

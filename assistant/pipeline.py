@@ -52,6 +52,9 @@ REFINE_INSTRUCTION = (
     "contain the answer, say so plainly. Reply with the improved answer only, not with comments on the draft."
 )
 MIN_REFINE_TOKENS = 64  # less room than this for the refined answer: the draft is kept
+# A search that took less than this last time runs on the event loop: handing it to a worker thread and
+# back cost more than the search itself (15-90 ms on a loaded 2-core machine, for a 1 ms search).
+INLINE_SEARCH_MS = 3.0
 
 
 @dataclass
@@ -95,6 +98,7 @@ class Pipeline:
         self.client = client
         self.knowledge = knowledge
         self.prices = prices_from_settings(settings)
+        self.last_search_ms = float("inf")  # how long the last search itself took (inline or in a thread)
 
     def aliases(self) -> dict[str, str]:
         return {"small": self.settings.small_model, "large": self.settings.large_model}
@@ -227,7 +231,7 @@ class Pipeline:
         retrieved: list[ScoredChunk] = []
         if retrieve and retriever is not None:
             try:
-                retrieved = await asyncio.to_thread(retriever.search, query, self.settings.top_k)
+                retrieved = await self._search(retriever, query)
             except Exception as exc:  # a broken index must not lose the turn: answer without sources
                 notices.append(Notice("warning", f"The document search failed ({exc}); answering without sources."))
         reference = reference_text_sources(reference_text, self.settings.chunk_tokens) if reference_text else []
@@ -240,6 +244,21 @@ class Pipeline:
             retrieval_ms=(time.perf_counter() - t0) * 1000,
             notices=notices,
         )
+
+    async def _search(self, retriever: Retriever, query: str) -> list[ScoredChunk]:
+        """Small indexes are searched on the event loop, large ones in a thread so other chats keep streaming;
+        which one it is, the previous search's own time says."""
+
+        def timed() -> list[ScoredChunk]:
+            t0 = time.perf_counter()
+            try:
+                return retriever.search(query, self.settings.top_k)
+            finally:
+                self.last_search_ms = (time.perf_counter() - t0) * 1000
+
+        if self.last_search_ms < INLINE_SEARCH_MS:
+            return timed()
+        return await asyncio.to_thread(timed)
 
     # ------------------------------------------------------------------------------ stage 2: prompt
     def build_prompt(

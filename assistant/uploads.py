@@ -11,9 +11,13 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 HASH_PREFIX_CHARS = 16
+INCOMING_PREFIX = ".incoming-"
+# A copy in progress that is this old was left by a process that was killed: it is removed.
+STALE_INCOMING_S = 600
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -41,15 +45,31 @@ def safe_name(display_name: str, sha256: str) -> str:
 
 
 def _atomic_copy(source: Path, target: Path) -> None:
+    """``target`` appears whole or not at all (a hidden temporary name until it is on disk), even if the
+    process is killed meanwhile; readers of the folder skip hidden files."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
+    remove_stale_incoming(target.parent)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=INCOMING_PREFIX)
     try:
         with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
             shutil.copyfileobj(src, out)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_incoming(folder: Path, max_age_s: float = STALE_INCOMING_S) -> None:
+    """Remove the partial copies a killed process left in ``folder`` (younger ones may be in progress)."""
+    now = time.time()
+    for path in folder.glob(INCOMING_PREFIX + "*"):
+        try:
+            if now - path.stat().st_mtime > max_age_s:
+                path.unlink()
+        except OSError:
+            pass  # gone already, or not ours to remove: it is hidden and harmless
 
 
 def size_problem(size: int | None, limit_bytes: int) -> str | None:

@@ -78,6 +78,9 @@ class ChatClient:
                 if turn is not None and data.get("type") == "assistant_message":
                     turn.message_ids.append(message_id)
             self.messages[message_id] = dict(data)
+            # An answer shown empty before its first token starts its stream with that token in stream_start.
+            if name == "stream_start" and turn is not None and turn.first_token_at is None and data.get("output"):
+                turn.first_token_at = now
         elif name == "stream_token":
             message = self.messages.setdefault(data["id"], {"id": data["id"], "output": ""})
             if data.get("isSequence"):

@@ -21,12 +21,13 @@ Routing is pinned to the small model so each answer is one model call.
 from __future__ import annotations
 
 import argparse
-import json
+import sqlite3
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from assistant.conversations import metrics_from_steps
 from assistant.embedded import EMBEDDED_TOP_K, EmbeddedModelServer, default_model_path
 from routing.metrics import percentile
 from benchmarks.harness import ASSISTANT, CHROMIUM, CHROMIUM_ARGS, AppServer, make_app_root
@@ -96,6 +97,23 @@ OBSERVER = """
 """
 
 
+def stored_turns(db_path: Path, thread: str, expected: int, timeout_s: float = 10.0) -> list[dict]:
+    """The thread's measured turns as the app stored them with its answers (Chainlit writes a message in
+    the background, so the last one may land a moment after it shows)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with sqlite3.connect(db_path) as db:
+            rows = db.execute('SELECT "id", "type", "createdAt", "metadata" FROM steps WHERE "threadId" = ?',
+                              (thread,)).fetchall()
+        steps = [{"id": i, "type": t, "createdAt": c, "metadata": m} for i, t, c, m in rows]
+        turns = [turn.to_dict() for turn in metrics_from_steps(steps).turns]
+        if len(turns) >= expected or time.monotonic() > deadline:
+            if len(turns) < expected:
+                raise RuntimeError(f"the app stored {len(turns)} measured answers in thread {thread}, expected {expected}")
+            return turns
+        time.sleep(0.1)
+
+
 def run(endpoint: str, small: str, large: str, questions: list[str], top_k: int) -> dict:
     from playwright.sync_api import sync_playwright
 
@@ -129,8 +147,7 @@ def run(endpoint: str, small: str, large: str, questions: list[str], top_k: int)
                 browser_ttft = page.evaluate("window.__firstText - window.__sentAt")
                 clock = page.evaluate("[window.__sentAt, window.__wsSentAt, window.__wsFirstToken, window.__firstText]")
                 thread = page.url.rsplit("/", 1)[-1]
-                state = json.loads((app.data_dir / "conversations" / f"{thread}.json").read_text())
-                turn = state["metrics"]["turns"][-1]
+                turn = stored_turns(app.data_dir / "chat.db", thread, len(rows) + 1)[-1]
                 leg = turn["legs"][0]
                 rows.append({
                     "question": question,

@@ -14,6 +14,12 @@ Cache layout (a folder per knowledge folder in ``cache_dir``), built for a fast 
 - ``texts.bin``: each file's chunk texts as one zlib block; a chunk's text is read and decompressed only
   when a search returns it.
 
+The two data files carry a generation in their names (``texts-<gen>.bin``, ``arrays-<gen>.npz``) and the
+manifest names them: a write puts new data files beside the old ones, flushes them to disk, then replaces
+the manifest atomically. That replacement is the one moment the cache changes, so a process killed at any
+point leaves the previous cache or the new one, whole. Data files no manifest names (a killed write's, or
+the generation just replaced) are removed by later writes.
+
 A restart loads these (no text analysis, no index build) and checks the folder by size and
 modification time, hashing only files whose stat changed. Changed, new and deleted files are the only
 ones processed again; the postings of the others are carried over. Any damage to the cache is
@@ -57,6 +63,8 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 2
 
 TEXT_COMPRESSION = 1  # zlib level: level 6 takes 3x the time for ~10 % less space on documentation text
+# A cache file no manifest names is removed once this old: younger, it may be another process's write in progress.
+STALE_AFTER_S = 600
 Progress = Callable[[int, int, str], None]  # (files processed, files to process, current source)
 
 
@@ -281,11 +289,31 @@ class _NewFile:
 
 
 def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """An .npz that np.load reads, deflated at level 1 (np.savez_compressed's level 6 is 3x slower here)."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=TEXT_COMPRESSION) as archive:
-        for name, array in arrays.items():
-            with archive.open(f"{name}.npy", "w", force_zip64=True) as handle:
-                np.lib.format.write_array(handle, np.ascontiguousarray(array), allow_pickle=False)
+    """An .npz that np.load reads, deflated at level 1 (np.savez_compressed's level 6 is 3x slower here),
+    on disk when this returns."""
+    with open(path, "wb") as file:
+        with zipfile.ZipFile(file, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=TEXT_COMPRESSION) as archive:
+            for name, array in arrays.items():
+                with archive.open(f"{name}.npy", "w", force_zip64=True) as handle:
+                    np.lib.format.write_array(handle, np.ascontiguousarray(array), allow_pickle=False)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _data_file_name(manifest: dict, key: str, legacy: str) -> str:
+    """A data file the manifest names (a plain name in the cache folder); format-2 caches before
+    generations used fixed names."""
+    name = manifest.get(key, legacy)
+    if not isinstance(name, str) or not name or name != Path(name).name or name.startswith("."):
+        raise ValueError(f"the manifest names an odd {key} file: {name!r}")
+    return name
 
 
 def _delta_encode(postings: FieldPostings) -> np.ndarray:
@@ -336,6 +364,7 @@ class KnowledgeBase:
         self.cache_path = self.cache_dir / f"knowledge-{folder_key}"
         self.cache_file = self.cache_path / "manifest.json"
         self._files: dict[str, _File] = {}
+        self._data_files: tuple[str, ...] = ()  # the data files the manifest on disk names, once read or written
         self._watch_stop: threading.Event | None = None
         self._watch_thread: threading.Thread | None = None
         self.progress = IndexingProgress()
@@ -378,9 +407,12 @@ class KnowledgeBase:
             if not isinstance(manifest, dict):
                 raise ValueError("the manifest is not a JSON object")
             if manifest.get("params") != self._params():
+                self._data_files = tuple(n for n in (manifest.get("texts"), manifest.get("arrays")) if isinstance(n, str))
                 return {}, None, "settings changed"
-            blob = (self.cache_path / "texts.bin").read_bytes()
-            with np.load(self.cache_path / "arrays.npz", allow_pickle=False) as stored:
+            texts_name = _data_file_name(manifest, "texts", "texts.bin")
+            arrays_name = _data_file_name(manifest, "arrays", "arrays.npz")
+            blob = (self.cache_path / texts_name).read_bytes()
+            with np.load(self.cache_path / arrays_name, allow_pickle=False) as stored:
                 arrays = {name: stored[name] for name in stored.files}
             files = []
             for item in manifest["files"]:
@@ -405,6 +437,7 @@ class KnowledgeBase:
             if any(len(column) != size for column in columns.values()) or any(f.size != size for f in fields.values()):
                 raise ValueError("chunk columns and postings disagree on the number of chunks")
             store = ChunkStore(files, columns, list(manifest["strings"]))
+            self._data_files = (texts_name, arrays_name)
             return {f.source: f for f in files}, Segment(store, fields, store.columns["file"].astype(np.int64)), ""
         except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, zlib.error, zipfile.BadZipFile) as exc:
             log.warning("Index cache %s is damaged (%s: %s); rebuilding it.", self.cache_path, type(exc).__name__, exc)
@@ -434,31 +467,54 @@ class KnowledgeBase:
             arrays[f"{name}_docs"] = _delta_encode(postings)
             arrays[f"{name}_freqs"] = np.minimum(postings.freqs, 65535).astype(np.uint16)
             arrays[f"{name}_lengths"] = np.minimum(postings.lengths, 65535).astype(np.uint16)
-        manifest = {"params": self._params(), "files": items, "vocabulary": vocabulary, "strings": strings}
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        temp = Path(tempfile.mkdtemp(dir=self.cache_dir, prefix=f".{self.cache_path.name}."))
+        generation = f"{os.getpid()}-{time.time_ns()}"
+        data_files = {"texts": f"texts-{generation}.bin", "arrays": f"arrays-{generation}.npz"}
+        manifest = {"params": self._params(), **data_files, "files": items, "vocabulary": vocabulary,
+                    "strings": strings}
+        self.cache_path.mkdir(parents=True, exist_ok=True)
+        texts, arrays_file = (self.cache_path / data_files["texts"], self.cache_path / data_files["arrays"])
         try:
-            (temp / "texts.bin").write_bytes(blob.getvalue())
-            _save_arrays(temp / "arrays.npz", arrays)
-            (temp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")
-            old = None
-            if self.cache_path.exists():
-                old = self.cache_dir / f".{self.cache_path.name}.old-{os.getpid()}-{time.monotonic_ns()}"
-                os.replace(self.cache_path, old)
-            os.replace(temp, self.cache_path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-            self._remove_legacy_cache()
+            _write_synced(texts, blob.getvalue())
+            _save_arrays(arrays_file, arrays)
+            write_atomically(self.cache_file, json.dumps(manifest, ensure_ascii=False).encode("utf-8"))  # the commit
         except BaseException:
-            shutil.rmtree(temp, ignore_errors=True)
+            texts.unlink(missing_ok=True)
+            arrays_file.unlink(missing_ok=True)
             raise
+        replaced, self._data_files = self._data_files, tuple(data_files.values())
+        self._remove_unnamed_files(replaced)
+        self._remove_legacy_cache()
+
+    def _remove_unnamed_files(self, replaced: Sequence[str]) -> None:
+        """Data files the manifest does not name: the generation just replaced, the fixed-name files of
+        older caches, and any other (a killed write's) once it is stale."""
+        keep = {self.cache_file.name, *self._data_files}
+        now = time.time()
+        for path in self.cache_path.iterdir():
+            if path.name in keep:
+                continue
+            try:
+                if (path.name in replaced or path.name in ("texts.bin", "arrays.npz")
+                        or now - path.stat().st_mtime > STALE_AFTER_S):
+                    path.unlink()
+            except OSError as exc:
+                log.warning("Could not remove %s from the index cache: %s", path, exc)
 
     def _remove_legacy_cache(self) -> None:
-        """The JSON cache (and saved bm25s index) of format 1, replaced by this folder."""
+        """The JSON cache (and saved bm25s index) of format 1, replaced by this folder; the temporary and
+        replaced folders that cache writes before generations left behind when killed."""
         legacy = self.cache_path.name
         (self.cache_dir / f"{legacy}.json").unlink(missing_ok=True)
         for old in self.cache_dir.glob(f"{legacy}-bm25s-*"):
             shutil.rmtree(old, ignore_errors=True)
+        now = time.time()
+        for old in self.cache_dir.glob(f".{legacy}.*"):
+            try:
+                stale = old.is_dir() and now - old.stat().st_mtime > STALE_AFTER_S
+            except OSError:
+                continue
+            if stale:
+                shutil.rmtree(old, ignore_errors=True)
 
     # --- refresh -----------------------------------------------------------------------------------
 

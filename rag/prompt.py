@@ -223,6 +223,9 @@ def _history_cost(turns: list[dict]) -> int:
     return sum(_message_cost(message) for message in turns)
 
 
+SEPARATOR_TOKENS = 2  # "\n\n" between source blocks, and a margin for how they join
+
+
 def _truncate(chunk: Chunk, tokens: int) -> Chunk:
     text = decode(encode(chunk.text)[:tokens]).rstrip("\ufffd").rstrip() + " ..."
     return replace(chunk, text=text, tokens=count_tokens(text))
@@ -255,8 +258,16 @@ def build_grounded_messages(
     system = {"role": "system", "content": SYSTEM_PROMPT}
     candidates = remove_overlaps(list(sources))
 
+    # The cost of the prompt without history, summed from its parts: each block counted once (and cached)
+    # instead of the whole message again for every candidate. A block may merge with its neighbours into
+    # a token fewer than counted alone; SEPARATOR_TOKENS per block keeps the sum from falling short.
+    framed = count_message_tokens([system, {"role": "user", "content": _user_message(question, [""])}])
+    unframed = count_message_tokens([system, {"role": "user", "content": _user_message(question, [])}])
+
     def fixed_cost(blocks: list[str]) -> int:
-        return count_message_tokens([system, {"role": "user", "content": _user_message(question, blocks)}])
+        if not blocks:
+            return unframed
+        return framed + sum(count_tokens(block) + SEPARATOR_TOKENS for block in blocks)
 
     style = history_style or history_style_for(context_window)
     turns = _trim_history(_conversation(history, style), max(0, min(history_budget, budget - fixed_cost([]))))

@@ -31,7 +31,9 @@ def decode(tokens: list[int]) -> str:
     return encoding().decode(tokens)
 
 
+@lru_cache(maxsize=1024)
 def count_tokens(text: str) -> int:
+    # Cached: a turn's prompt is fitted by counting the same system prompt, history and sources again and again.
     if not text:
         return 0
     return len(encode(text))

@@ -117,3 +117,42 @@ async def test_logprobs_are_requested_only_when_a_routing_decision_reads_them(fa
     await pipeline.client.close()
     first = fake.requests[before]
     assert bool(first.body.get("logprobs")) is asks_logprobs
+
+
+class ThreadRecordingRetriever:
+    """Wraps a retriever and records the thread each search ran on; ``delay_s`` makes it a slow search."""
+
+    def __init__(self, inner, delay_s: float = 0.0):
+        self.inner, self.delay_s, self.threads = inner, delay_s, []
+
+    def search(self, query, k):
+        import threading
+        import time
+
+        self.threads.append(threading.get_ident())
+        time.sleep(self.delay_s)
+        return self.inner.search(query, k)
+
+
+async def test_a_fast_search_runs_on_the_event_loop_and_a_slow_one_in_a_worker_thread(fake, tmp_path):
+    import threading
+
+    settings = Settings(model_endpoint=fake.base_url, _env_file=None)
+    loop_thread = threading.get_ident()
+    kb = knowledge_base(tmp_path)
+    for delay_s, expected in ((0.0, [False, True, True]), (0.02, [False, False, False])):
+        pipeline = Pipeline(settings, ModelClient.from_settings(settings), kb)
+        retriever = ThreadRecordingRetriever(kb, delay_s)
+        for _ in range(3):
+            found = await pipeline.retrieve("How long do I boil pasta?", pipeline_options(settings),
+                                            documents=retriever, reference_text=None, retrieve=True)
+            assert found.shown[0].chunk.source == "cooking.md"
+        await pipeline.client.close()
+        # The first search has no timing to go by: a thread. Then a fast one stays on the loop.
+        assert [thread == loop_thread for thread in retriever.threads] == expected, delay_s
+
+
+def pipeline_options(settings):
+    from routing.options import RoutingOptions
+
+    return RoutingOptions.from_settings(settings)

@@ -1,12 +1,14 @@
 import asyncio
 import json
 import logging
+import os
 import threading
+import time
 
 import pytest
 
 from rag.index import search_many
-from rag.knowledge import KnowledgeBase
+from rag.knowledge import STALE_AFTER_S, KnowledgeBase
 from tests.fixtures.documents import pdf_bytes, write
 
 
@@ -76,11 +78,11 @@ def test_damaged_cache_is_rebuilt_with_a_log_line(folder, tmp_path, caplog, dama
     assert KnowledgeBase(folder, tmp_path / "cache").refresh().cache == "reused"
 
 
-@pytest.mark.parametrize("part", ["arrays.npz", "texts.bin"])
+@pytest.mark.parametrize("part", ["arrays", "texts"])
 def test_damaged_arrays_or_texts_are_rebuilt(folder, tmp_path, caplog, part):
     kb = KnowledgeBase(folder, tmp_path / "cache")
     kb.refresh()
-    path = kb.cache_path / part
+    path = kb.cache_path / json.loads(kb.cache_file.read_bytes())[part]
     path.write_bytes(path.read_bytes()[:10])
     with caplog.at_level(logging.WARNING, logger="rag.knowledge"):
         restarted = KnowledgeBase(folder, tmp_path / "cache")
@@ -102,7 +104,62 @@ def test_cache_writes_leave_no_temporary_files(folder, tmp_path):
     write(folder / "extra.md", "More text.")
     kb.refresh()
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [kb.cache_path.name]
-    assert sorted(p.name for p in kb.cache_path.iterdir()) == ["arrays.npz", "manifest.json", "texts.bin"]
+    manifest = json.loads(kb.cache_file.read_bytes())
+    assert sorted(p.name for p in kb.cache_path.iterdir()) == sorted([manifest["arrays"], "manifest.json", manifest["texts"]])
+    assert manifest["texts"].startswith("texts-") and manifest["arrays"].startswith("arrays-")
+
+
+def test_what_killed_writes_leave_is_removed_once_stale(folder, tmp_path):
+    kb = KnowledgeBase(folder, tmp_path / "cache")
+    kb.refresh()
+    # A write killed before its manifest: data files no manifest names. Older cache writes (a temporary
+    # folder beside the cache) and the manifest's own temporary file, killed the same way.
+    stale = [kb.cache_path / "texts-1-1.bin", kb.cache_path / "arrays-1-1.npz",
+             kb.cache_path / ".manifest.json.x.tmp", tmp_path / "cache" / f".{kb.cache_path.name}.abc123"]
+    fresh = [kb.cache_path / "texts-2-2.bin", tmp_path / "cache" / f".{kb.cache_path.name}.old-2-2"]
+    for path in stale[:3] + fresh[:1]:
+        path.write_bytes(b"partial")
+    for path in (stale[3], fresh[1]):
+        path.mkdir()
+        (path / "texts.bin").write_bytes(b"partial")
+    long_ago = time.time() - STALE_AFTER_S - 60
+    for path in stale:
+        os.utime(path, (long_ago, long_ago))
+    restarted = KnowledgeBase(folder, tmp_path / "cache")
+    assert restarted.refresh().cache == "reused"  # they are no part of the cache
+    write(folder / "extra.md", "More text.")
+    restarted.refresh()  # a write
+    assert not any(path.exists() for path in stale)
+    assert all(path.exists() for path in fresh)  # young: perhaps another process's write in progress
+    assert KnowledgeBase(folder, tmp_path / "cache").refresh().cache == "reused"
+
+
+def test_a_cache_from_before_generations_loads_and_is_replaced(folder, tmp_path):
+    kb = KnowledgeBase(folder, tmp_path / "cache")
+    kb.refresh()
+    manifest = json.loads(kb.cache_file.read_bytes())
+    (kb.cache_path / manifest.pop("texts")).rename(kb.cache_path / "texts.bin")
+    (kb.cache_path / manifest.pop("arrays")).rename(kb.cache_path / "arrays.npz")
+    kb.cache_file.write_text(json.dumps(manifest))
+    restarted = KnowledgeBase(folder, tmp_path / "cache")
+    assert restarted.refresh().cache == "reused"
+    assert restarted.search("parrot", 1)[0].chunk.source == "pets.md"
+    write(folder / "extra.md", "More text.")
+    restarted.refresh()
+    assert not (kb.cache_path / "texts.bin").exists() and not (kb.cache_path / "arrays.npz").exists()
+    assert len(list(kb.cache_path.iterdir())) == 3
+
+
+@pytest.mark.parametrize("name", ["../outside.bin", "", ".hidden", 7])
+def test_a_manifest_naming_odd_data_files_is_damage(folder, tmp_path, caplog, name):
+    kb = KnowledgeBase(folder, tmp_path / "cache")
+    kb.refresh()
+    manifest = json.loads(kb.cache_file.read_bytes())
+    manifest["texts"] = name
+    kb.cache_file.write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING, logger="rag.knowledge"):
+        report = KnowledgeBase(folder, tmp_path / "cache").refresh()
+    assert report.cache == "rebuilt (damaged: ValueError)" and "odd texts file" in caplog.text
 
 
 def test_missing_folder_gives_an_empty_knowledge_base(tmp_path):

@@ -165,3 +165,20 @@ def test_a_follow_up_prompt_starts_with_the_previous_one_so_a_prompt_cache_can_r
     assert third[-1]["role"] == "user" and last.index("<sources>") < last.index("Where is it announced?")
     # Nothing from an earlier turn's sources leaks into the repeated part.
     assert all("Fact 0" not in m["content"] for m in third[:-1])
+
+
+def test_the_budget_holds_for_every_window_when_the_cost_is_summed_from_the_parts():
+    """The fitting sums each block's own count; the prompt as sent (counted whole) must still fit."""
+    texts = [
+        "Naïve café owners in Zürich count 1,234.56 CHF — “quoted” words, emoji 🙂 and 日本語のテキスト. " * 12,
+        "def f(x):\n    return {'a': [1, 2, 3], \"b\": x ** 2}  # code with symbols <>&|\n" * 15,
+        "Plain English prose about a release train that leaves when the checklist is green. " * 20,
+        "Ligne française, àéîõü, et des chiffres 0x1F 3.14159 e=mc² ½ ¼. " * 18,
+    ]
+    sources = [source(text * 2, f"doc{i}.md", score=10.0 - i) for i, text in enumerate(texts * 2)]
+    history = [{"role": "user", "content": "Which café is in Zürich?"}, {"role": "assistant", "content": texts[0][:300]}]
+    for window in range(500, 4200, 83):
+        prompt = build_grounded_messages("Where is the café, and what does f(x) return?", sources, history=history,
+                                         context_window=window, max_answer_tokens=256)
+        assert prompt.prompt_tokens == count_message_tokens(prompt.messages)
+        assert prompt.prompt_tokens <= window - 256 or not prompt.sources_used, window

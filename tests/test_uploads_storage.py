@@ -1,12 +1,14 @@
 import asyncio
 import json
+import os
 import sqlite3
+import time
 
 import pytest
 
 from assistant.conversations import ConversationStore
 from assistant.storage import SCHEMA, LocalFileStorage, ensure_schema, safe_key
-from assistant.uploads import UploadError, safe_name, save_upload, share_document
+from assistant.uploads import STALE_INCOMING_S, UploadError, safe_name, save_upload, share_document
 
 SHA = "ab" * 32
 
@@ -60,6 +62,20 @@ def test_share_document_is_atomic_and_deduplicated_by_content(tmp_path):
     again, created_again = share_document(src, "other-name.md", shared)
     assert again == target and not created_again
     assert [p.name for p in shared.iterdir()] == [target.name]  # no temp files left behind
+
+
+def test_a_partial_copy_left_by_a_killed_process_is_removed_once_stale(tmp_path):
+    shared = tmp_path / "knowledge" / "uploads"
+    shared.mkdir(parents=True)
+    stale, fresh = shared / ".incoming-killed", shared / ".incoming-in-progress"
+    stale.write_bytes(b"half a docum")
+    fresh.write_bytes(b"half a docum")
+    long_ago = time.time() - STALE_INCOMING_S - 60
+    os.utime(stale, (long_ago, long_ago))
+    src = tmp_path / "a.md"
+    src.write_text("shared fact")
+    target, _ = share_document(src, "notes.md", shared)
+    assert sorted(p.name for p in shared.iterdir()) == sorted([target.name, fresh.name])
 
 
 def test_safe_key_and_local_storage_stay_inside_their_folder(tmp_path):

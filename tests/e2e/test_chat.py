@@ -58,15 +58,29 @@ def test_unreachable_model_server_gives_a_clear_message_and_the_app_keeps_workin
         dead.stop()
 
 
-def test_knowledge_answer_cites_its_file_and_the_source_opens_with_its_text(page, app_server):
+def test_knowledge_question_finds_its_file_and_the_answer_lists_sources_that_open_with_their_text(page, app_server):
+    """On the real model: the search (deterministic BM25) ranks the file first, and the answer lists
+    its sources (those it cited, or every source it was given when it cites none), each opening inline to the
+    text the model was given. Which source SmolLM2-135M cites varies from run to run, so the test does not
+    insist on one; a citation opening exactly its source is tested on a scripted model (test_ux)."""
     open_chat(page, app_server)
     ask(page, "What is the internal code name of the assistant?")
-    final = wait_for_answer(page)
-    assert "overview.md" in final.lower()
-    source = page.locator(ASSISTANT).last.locator('[data-testid="source"]').filter(has_text="overview.md").first
+    wait_for_answer(page)
+    page.locator('[id="step-Retrieval"]').last.click()
+    step = page.locator('[data-step-type="retrieval"]').last
+    step.locator("tbody tr").nth(4).wait_for()  # the step opens with an animation: wait for all five rows
+    rows = step.locator("tbody").inner_text()
+    assert "overview.md" in step.locator("tbody tr").first.inner_text(), rows[:800]
+
+    answer = page.locator(ASSISTANT).filter(has_text="Answered by").last
+    source = answer.locator('[data-testid="source"]').first
+    source.wait_for(timeout=30_000)  # a custom element: it renders a moment after the text
+    label = source.locator('[data-testid="source-label"]').inner_text()
+    assert label.split(" ")[0].split("·")[0].strip() in rows, (label, rows[:800])
     assert source.locator('[data-testid="source-body"]').count() == 0  # listed, collapsed: nothing opens by itself
     source.locator('[data-testid="source-toggle"]').click()
-    assert "Quillfeather" in source.locator('[data-testid="source-body"]').inner_text()  # the chunk's own text
+    body = source.locator('[data-testid="source-body"]').inner_text()
+    assert len(body.split()) >= 5, body
 
 
 def test_metrics_bar_details_and_latency_chart_render(page, app_server):

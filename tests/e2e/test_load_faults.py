@@ -8,18 +8,27 @@ second or two, every wait with a limit.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
+import random
 import re
 import signal
 import sqlite3
 import threading
 import time
+import uuid
+from datetime import datetime, timezone
 
+import httpx
 import pytest
 
+from assistant.uploads import safe_name
 from benchmarks.chat_client import ChatClient
 from benchmarks.harness import AppServer, make_app_root
+from rag.chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP
+from rag.knowledge import KnowledgeBase
+from rag.loaders import document_chunks, load_bytes
 from tests.fake_openai_server import FakeOpenAIServer, HeaderCuttingServer, Script
 
 MODEL = "fake-small"
@@ -249,3 +258,190 @@ def test_kill_9_mid_answer_leaves_the_partial_answer_with_a_note(app, fake):
 
     steps = run(reopen())
     assert any("slow0" in text and "cut short" in text for text in steps)
+
+
+# Share (an upload into the shared knowledge) copies the file into knowledge/uploads (a hidden temporary name,
+# then a rename) and refreshes the index, whose cache write ends with the manifest's atomic replacement. The
+# app is killed when one of these steps is seen from outside, in the file system.
+SHARE_KILL_POINTS = {
+    "indexing": "the copy is in the knowledge folder; the index is being updated",
+    "writing the cache": "a new cache data file has appeared; its manifest is not yet replaced",
+    "copying": "a temporary copy has appeared in the knowledge folder",
+}
+
+
+def field_notes(tag: str, words: int = 120_000) -> tuple[bytes, str]:
+    """A markdown document of about 0.9 MB with little repetition (its cache data files are not tiny), and a
+    sentence of its own that a question can find."""
+    rng = random.Random(tag)
+    vocabulary = ["".join(rng.choice("abcdefghijklmnoprstuvwy") for _ in range(rng.randint(3, 9))) for _ in range(4000)]
+    sentence = f"The {tag} ledger records the quokka burrows at Cape Mentelle."
+    parts = [f"# Field notes {tag}\n\n{sentence}\n"]
+    for section in range(words // 150):
+        parts.append(f"## Transect {section}\n\n" + " ".join(rng.choice(vocabulary) for _ in range(150)) + ".\n")
+    return "\n".join(parts).encode(), sentence
+
+
+async def upload_in(chat: ChatClient, name: str, data: bytes) -> dict:
+    """Attach a file to a message as the browser does; returns the Share action shown for it."""
+    async with httpx.AsyncClient(base_url=chat.base_url, headers={"Cookie": chat.cookie}, timeout=60) as http:
+        reply = await http.post("/project/file", params={"session_id": chat.session_id},
+                                files={"file": (name, data, "text/markdown")})
+    reply.raise_for_status()
+    message = {"id": str(uuid.uuid4()), "threadId": "", "name": "User", "type": "user_message", "output": "",
+               "createdAt": datetime.now(timezone.utc).isoformat()}
+    await chat.sio.emit("client_message", {"message": message, "fileReferences": [{"id": reply.json()["id"]}]})
+
+    def share_action():
+        return next((a for actions in chat.actions.values() for a in actions
+                     if a.get("name") == "share_document" and a["payload"].get("name") == name), None)
+
+    await chat.wait_until(share_action, 90)
+    return share_action()
+
+
+def kill_when(process, seen, limit_s: float) -> bool:
+    """SIGKILL ``process`` as soon as ``seen()`` is true (polled every half millisecond); False if it never was."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if seen():
+            os.kill(process.pid, signal.SIGKILL)
+            return True
+        time.sleep(0.0005)
+    return False
+
+
+def manifest_sources(cache_file) -> set[str]:
+    """The files the cache on disk lists; it must be whole: a manifest that parses, naming data files that exist."""
+    manifest = json.loads(cache_file.read_bytes())
+    for key in ("texts", "arrays"):
+        assert (cache_file.parent / manifest[key]).is_file(), f"the manifest names a missing {key} file"
+    return {item["source"] for item in manifest["files"]}
+
+
+def test_kill_9_mid_share_leaves_the_document_whole_in_knowledge_or_in_the_conversation(app, fake):
+    cache = KnowledgeBase(app.knowledge_dir, app.root / "cache" / "index")  # where the app's cache is (no I/O)
+    shared_folder = app.knowledge_dir / "uploads"
+    killed_mid_share = []
+    for number, (point, meaning) in enumerate(SHARE_KILL_POINTS.items()):
+        name = f"field notes {number}.md"
+        data, sentence = field_notes(f"round{number}")
+        target = shared_folder / safe_name(name, hashlib.sha256(data).hexdigest())
+        data_files_before = set(cache.cache_path.glob("texts-*.bin"))
+        seen = {
+            "indexing": target.exists,
+            "writing the cache": lambda: bool(set(cache.cache_path.glob("texts-*.bin")) - data_files_before),
+            "copying": lambda: shared_folder.is_dir() and any(p.name.startswith(".incoming-")
+                                                                for p in shared_folder.iterdir()),
+        }[point]
+
+        async def share_and_kill():
+            chat = await new_chat(app)
+            action = await upload_in(chat, name, data)
+            thread_id = next(d["thread_id"] for _, n, d in chat.events if n == "first_interaction")
+            async with httpx.AsyncClient(base_url=app.url, headers={"Cookie": chat.cookie}, timeout=120) as http:
+                click = asyncio.ensure_future(http.post("/project/action",
+                                                        json={"sessionId": chat.session_id, "action": action}))
+                killed = await asyncio.to_thread(kill_when, app.process, seen, 60)
+                try:
+                    await click
+                    finished_first = True  # the share ended before the kill (its answer arrived)
+                except httpx.HTTPError:
+                    finished_first = False
+            return thread_id, killed, finished_first
+
+        thread_id, killed, finished_first = run(share_and_kill())
+        assert killed, f"{point}: never saw that {meaning}; log: {app.log_tail()}"
+        app.process.wait(10)
+
+        # On disk, before the restart: nothing half-written.
+        upload = app.data_dir / "uploads" / thread_id / target.name
+        assert upload.read_bytes() == data, f"{point}: the conversation's copy of the upload is not intact"
+        state = json.loads((app.data_dir / "conversations" / f"{thread_id}.json").read_text())
+        assert [d["name"] for d in state["documents"]["documents"]] == [name]
+        in_knowledge = target.exists()
+        assert not in_knowledge or target.read_bytes() == data, f"{point}: a partial document in knowledge/"
+        committed = f"uploads/{target.name}" in manifest_sources(cache.cache_file)
+        with sqlite3.connect(app.data_dir / "chat.db") as db:
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        if not committed and not finished_first:
+            killed_mid_share.append(point)
+        print(f"kill when {point}: in knowledge/ {in_knowledge}, in the cache {committed}, "
+              f"share had answered {finished_first}")
+
+        log_before = len(app.log_tail(10**9))
+        app.start()
+        deadline = time.monotonic() + 60  # the knowledge base loads in the background: wait for its report
+        while not (loaded := re.search(r"knowledge: .*; cache (\w+)", app.log_tail(10**9)[log_before:])):
+            assert time.monotonic() < deadline, f"{point}: the knowledge base did not load: {app.log_tail()}"
+            time.sleep(0.2)
+        assert loaded.group(1) in ("reused", "updated"), f"{point}: the cache was {loaded.group(1)}"
+
+        async def after_restart():
+            chat = await new_chat(app)
+            try:
+                turn = await chat.ask(f"What does the round{number} ledger record about quokka burrows?", 60)
+            finally:
+                await chat.close()
+            prompt = json.dumps(fake.requests[-1].body["messages"])
+            resumed = ChatClient(app.url, thread_id=thread_id)
+            resumed.sio.on("resume_thread", lambda d: resumed._record("resume_thread", d))
+            await resumed.connect()
+            try:
+                await resumed.wait_until(lambda: any(n == "resume_thread" for _, n, _ in resumed.events), 30)
+                steps = next(d for _, n, d in resumed.events if n == "resume_thread").get("steps", [])
+                docs = await resumed.ask("/docs", 30)
+            finally:
+                await resumed.close()
+            return turn, prompt, [s.get("output") or "" for s in steps], docs
+
+        turn, prompt, steps, docs = run(after_restart())
+        assert "damaged" not in app.log_tail(10**9)[log_before:]
+        assert FINISHED in turn.answer  # the app answers
+        assert (sentence in prompt) == in_knowledge, f"{point}: shared {in_knowledge}, retrieved {sentence in prompt}"
+        assert any("is ready for this conversation" in text for text in steps)  # the thread reopens
+        assert name.replace(" ", "") in docs.answer.replace(" ", "").replace("\\", "")  # the upload is still there
+        if in_knowledge:  # whole in the index: every chunk of the document, as a fresh indexing makes them
+            restarted = KnowledgeBase(app.knowledge_dir, app.root / "cache" / "index")
+            assert restarted.refresh().cache == "reused"  # the app's cache, as the app left it, loads
+            source = f"uploads/{target.name}"
+            indexed = [c.text for c in sorted(restarted.chunks, key=lambda c: c.position) if c.source == source]
+            fresh = document_chunks(load_bytes(data, target.name, source), source,
+                                    chunk_tokens=DEFAULT_CHUNK_TOKENS, overlap=DEFAULT_OVERLAP)
+            assert indexed == [c.text for c in fresh], f"{point}: the shared document's index is not whole"
+    # The kill at the copy can miss its few milliseconds on a busy machine; the index update takes seconds.
+    assert "indexing" in killed_mid_share, killed_mid_share
+
+
+def test_share_command_shares_an_upload_by_name_as_its_button_does(app, fake):
+    """A reopened thread has no Share button (Chainlit does not keep actions): `/share NAME` does the same."""
+    name = "heron notes.md"
+    data = b"# Heron notes\n\nThe heron census counts forty-one nests on the east bank.\n"
+    target = app.knowledge_dir / "uploads" / safe_name(name, hashlib.sha256(data).hexdigest())
+
+    async def share():
+        chat = await new_chat(app)
+        try:
+            ended_before = sum(1 for _, n, _ in chat.events if n == "task_end")
+            await upload_in(chat, name, data)
+            await chat.wait_until(lambda: sum(1 for _, n, _ in chat.events if n == "task_end") > ended_before, 30)
+            missing = await chat.ask("/share no such file.md", 30)
+            shared = await chat.ask(f"/share {name}", 60)
+            again = await chat.ask(f"/share {name}", 60)
+        finally:
+            await chat.close()
+        other = await new_chat(app)
+        try:
+            turn = await other.ask("How many nests does the heron census count?", 60)
+        finally:
+            await other.close()
+        return missing, shared, again, turn
+
+    missing, shared, again, turn = run(share())
+    assert "No upload named" in missing.answer, missing.answer
+    assert "is now shared knowledge" in shared.answer, shared.answer
+    assert target.read_bytes() == data
+    assert "was already in the shared knowledge" in again.answer, again.answer
+    # Another conversation now finds it: its sentence went into that chat's prompt.
+    assert FINISHED in turn.answer
+    assert "forty-one nests" in json.dumps(fake.requests[-1].body["messages"])
