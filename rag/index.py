@@ -34,7 +34,7 @@ import asyncio
 import math
 import threading
 from collections import Counter
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from dataclasses import dataclass, replace
 from typing import Protocol, Sequence
 
@@ -120,9 +120,14 @@ class FieldPostings:
     def size(self) -> int:
         return int(self.lengths.shape[0])
 
-    @property
+    @cached_property
     def total_length(self) -> float:
         return float(self.lengths.sum(dtype=np.float64))
+
+    @cached_property
+    def filled(self) -> int:
+        """Chunks with at least one term in this field."""
+        return int(np.count_nonzero(self.lengths))
 
     @classmethod
     def empty(cls) -> "FieldPostings":
@@ -195,44 +200,49 @@ class Segment:
         return self.fields["body"].size
 
 
-def _length_norms(segments: Sequence[Segment], name: str, b: float) -> list[np.ndarray] | None:
-    """Per segment, ``1 - b + b * length / average length`` of field ``name`` (None when the field is empty).
+def _average_length(segments: Sequence[Segment], name: str) -> float | None:
+    """Field ``name``'s average length over these segments' chunks that have the field (None when none has).
 
-    The average is over the chunks that have the field, as Lucene takes it: a few headings among many chunks
-    without one are not long headings."""
+    Over the chunks that have the field, as Lucene takes it: a few headings among many chunks without one
+    are not long headings."""
     fields = [segment.fields[name] for segment in segments]
-    count = sum(int(np.count_nonzero(f.lengths)) for f in fields)
+    count = sum(f.filled for f in fields)
     average = sum(f.total_length for f in fields) / count if count else 0.0
-    if average <= 0:
-        return None
-    return [1.0 - b + b * f.lengths / average for f in fields]
+    return average if average > 0 else None
 
 
 def _bm25f_scores(segments: Sequence[Segment], terms: list[str], weights: Weights) -> list[np.ndarray]:
     """BM25F per chunk: each term's field frequencies, length-normalised per field and weighted, are added
-    before one saturation, ``idf * tf / (k1 + tf)``; idf counts the chunks holding the term in any field."""
+    before one saturation, ``idf * tf / (k1 + tf)``; idf counts the chunks holding the term in any field.
+
+    Only the chunks in a term's postings are touched, so a search costs what its terms' postings hold."""
     fields = [("body", 1.0, weights.b), ("title", weights.title, weights.title_b),
               ("section", weights.section, weights.title_b)]
-    norms = {name: _length_norms(segments, name, b) for name, weight, b in fields if weight > 0}
+    averages = {name: _average_length(segments, name) for name, weight, _ in fields if weight > 0}
     count = sum(len(segment) for segment in segments)
     totals = [np.zeros(len(segment), np.float64) for segment in segments]
     for term, repeats in Counter(terms).items():
         found: list[tuple[int, np.ndarray, np.ndarray]] = []  # (segment, chunks, weighted frequencies)
         for number, segment in enumerate(segments):
-            frequency = None
-            for name, weight, _ in fields:
-                if norms.get(name) is None:
-                    continue
-                hit = segment.fields[name].postings(term)
+            hits: list[tuple[np.ndarray, np.ndarray]] = []
+            for name, weight, b in fields:
+                average = averages.get(name)
+                hit = segment.fields[name].postings(term) if average is not None else None
                 if hit is None:
                     continue
                 docs, freqs = hit
-                if frequency is None:
-                    frequency = np.zeros(len(segment), np.float64)
-                frequency[docs] += weight * freqs / norms[name][number][docs]
-            if frequency is not None:
-                docs = np.flatnonzero(frequency)
-                found.append((number, docs, frequency[docs]))
+                norm = 1.0 - b + b * segment.fields[name].lengths[docs] / average
+                hits.append((docs, weight * freqs / norm))
+            if len(hits) == 1:
+                docs, frequency = hits[0][0], hits[0][1].astype(np.float64)
+            elif hits:
+                docs = np.unique(np.concatenate([docs for docs, _ in hits]))
+                frequency = np.zeros(len(docs), np.float64)
+                for field_docs, field_frequency in hits:
+                    frequency[np.searchsorted(docs, field_docs)] += field_frequency
+            else:
+                continue
+            found.append((number, docs, frequency))
         holding = sum(len(docs) for _, docs, _ in found)
         if not holding:
             continue
@@ -268,9 +278,12 @@ def search_segments(segments: Sequence[Segment], query: str, k: int, weights: We
 def _best_per_document(scores: np.ndarray, documents: np.ndarray, k: int, limit: int) -> list[tuple[int, float]]:
     """The ``k`` best positive scores, taking at most ``limit`` chunks of one document while chunks of other
     documents remain; best first. Without enough other documents, the limit is lifted."""
+    best = _best(scores, k)
+    if limit <= 0 or max(Counter(int(documents[index]) for index, _ in best).values(), default=0) <= limit:
+        return best
     matching = documents[scores > 0]
-    if limit <= 0 or matching.size == 0 or (matching == matching[0]).all():
-        return _best(scores, k)
+    if (matching == matching[0]).all():
+        return best
     pool_size = k
     while True:
         pool = _best(scores, pool_size)
