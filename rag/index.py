@@ -25,7 +25,9 @@ while a word repeated in several fields still saturates like one (summing three 
 would count its idf three times). With the title and section weights at 0 this is plain BM25 on the body.
 
 Last, a chunk gains a share of the scores of its page's other strong chunks (:func:`with_page_evidence`):
-a page with several passages on the question wins over one stray passage elsewhere.
+a page with several passages on the question wins over one stray passage elsewhere. A result list takes
+at most ``Weights.per_document`` chunks of one document while other documents match, so one long page
+does not fill it.
 """
 
 from __future__ import annotations
