@@ -269,7 +269,10 @@ def usable_cpus() -> int:
 
 def _pool_context() -> multiprocessing.context.BaseContext:
     """fork when this process runs one thread (a command line); a fork server when it runs several (the app:
-    forking a process whose other threads may hold locks can deadlock the child)."""
+    forking a process whose other threads may hold locks can deadlock the child). A fork server's workers
+    import the main module as Python's multiprocessing does (a script needs its ``if __name__ == "__main__"``
+    guard; ``python -m package`` entry points such as chainlit's are not imported); a worker that cannot
+    start leaves the files to the calling thread."""
     methods = multiprocessing.get_all_start_methods()
     if "fork" in methods and threading.active_count() == 1:
         return multiprocessing.get_context("fork")
