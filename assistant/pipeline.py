@@ -99,6 +99,7 @@ class Pipeline:
         self.knowledge = knowledge
         self.prices = prices_from_settings(settings)
         self.last_search_ms = float("inf")  # how long the last search itself took (inline or in a thread)
+        self.inline_search_ms = INLINE_SEARCH_MS
 
     def aliases(self) -> dict[str, str]:
         return {"small": self.settings.small_model, "large": self.settings.large_model}
@@ -256,7 +257,7 @@ class Pipeline:
             finally:
                 self.last_search_ms = (time.perf_counter() - t0) * 1000
 
-        if self.last_search_ms < INLINE_SEARCH_MS:
+        if self.last_search_ms < self.inline_search_ms:
             return timed()
         return await asyncio.to_thread(timed)
 
