@@ -65,7 +65,7 @@ class EmbeddedModelServer:
     small_model_path: Path
     large_model_path: Path | None = None
     threads: int = 1  # decoding: one thread is fastest for a 135M model (benchmarks/embedded_threads.py)
-    batch_threads: int = 1  # prompt reading: a second thread loses more on a busy CPU than it gains on an idle one
+    batch_threads: int = 1  # prompt reading; the app uses every usable CPU (settings.embedded_batch_threads), tests pin 1
     context: int = 2048
     prompt_cache_mb: int = 512  # 0: no prompt cache
     port: int = field(default_factory=free_port)

@@ -88,3 +88,17 @@ def test_reasoning_effort_and_large_budget(monkeypatch):
     monkeypatch.setenv("ASSISTANT_REASONING_EFFORT", "extreme")
     with pytest.raises(SettingsError, match="ASSISTANT_REASONING_EFFORT: .*low, medium, high or empty"):
         load_settings()
+
+
+def test_the_embedded_model_reads_the_prompt_on_every_usable_cpu_and_decodes_on_one(monkeypatch):
+    import os
+
+    from assistant.settings import Settings
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    settings = Settings(_env_file=None)
+    assert (settings.embedded_threads, settings.embedded_batch_threads) == (1, 3)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert Settings(_env_file=None).embedded_batch_threads == 8
+    monkeypatch.setenv("ASSISTANT_EMBEDDED_BATCH_THREADS", "1")
+    assert Settings(_env_file=None).embedded_batch_threads == 1
