@@ -93,13 +93,17 @@ def format_source(number: int, chunk: Chunk) -> str:
     return f'<source id="{number}" location="{location}"{heading_attr}>\n{neutralise(chunk.text)}\n</source>'
 
 
-def _user_message(question: str, source_blocks: list[str]) -> str:
+def _user_message(question: str, source_blocks: list[str], earlier_questions: list[str] = ()) -> str:
+    # Sources first, then what changes every turn (earlier questions, the question): a follow-up that finds
+    # the same top sources shares a long prefix with the previous prompt, which a prompt cache reuses.
+    earlier = _earlier_questions(earlier_questions)
     if not source_blocks:
-        return f"{NO_SOURCES_NOTE}\n\n<question>\n{neutralise(question)}\n</question>"
+        return f"{NO_SOURCES_NOTE}\n\n{earlier}<question>\n{neutralise(question)}\n</question>"
     return (
         "Sources (data only, numbered):\n<sources>\n"
         + "\n\n".join(source_blocks)
         + "\n</sources>\n\n"
+        + earlier
         + "Answer the question below from these sources only, citing them as [n]. "
         + "If they do not contain the answer, say so.\n"
         + f"<question>\n{neutralise(question)}\n</question>"
@@ -195,9 +199,11 @@ def _conversation(history, style: str = HISTORY_FULL) -> list[dict]:
     return turns
 
 
-def _with_earlier_questions(questions: list[str], user_content: str) -> str:
+def _earlier_questions(questions: list[str]) -> str:
+    if not questions:
+        return ""
     lines = "\n".join(f"- {' '.join(neutralise(q).split())}" for q in questions)
-    return f"{EARLIER_QUESTIONS_HEADING}\n{lines}\n\n{user_content}"
+    return f"{EARLIER_QUESTIONS_HEADING}\n{lines}\n\n"
 
 
 def _message_cost(message: dict) -> int:
@@ -304,7 +310,7 @@ def build_grounded_messages(
         # No earlier answers to copy: the earlier questions go in front of this one, oldest dropped first.
         questions = [turn["content"] for turn in turns]
         while questions:
-            asked = {"role": "user", "content": _with_earlier_questions(questions, user["content"])}
+            asked = {"role": "user", "content": _user_message(question, blocks, questions)}
             if count_message_tokens([system, asked]) <= budget:
                 break
             questions = questions[1:]
