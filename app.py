@@ -8,6 +8,7 @@ import os
 import secrets
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -77,11 +78,31 @@ documents_by_thread: dict[str, DocumentSet] = {}
 # ------------------------------------------------------------------------------------------------
 
 
+knowledge_loaded = threading.Event()  # set once the first load of the knowledge folder has ended
+
+
 def load_knowledge() -> None:
     """Once per process: load the cached index (or index the folder, with a progress bar), then watch it."""
-    report = knowledge.refresh(progress=TerminalProgress())
-    log.info("knowledge: %s", report.summary())
+    try:
+        report = knowledge.refresh(progress=TerminalProgress())
+        log.info("knowledge: %s", report.summary())
+    finally:
+        knowledge_loaded.set()
     knowledge.start_watching()
+
+
+async def wait_for_knowledge() -> None:
+    """A question asked right after a start waits (briefly) for the shared knowledge to load; past that, while a
+    large folder is still being indexed, the user is told that only part of it was searched."""
+    if knowledge_loaded.is_set() or await asyncio.to_thread(knowledge_loaded.wait, settings.knowledge_wait_s):
+        return
+    progress = knowledge.progress
+    await cl.Message(
+        content=(f"⏳ The shared knowledge folder is still being indexed ({progress.done} of {progress.total} files "
+                 "so far): this answer searches only what is indexed already. Ask again once indexing has finished "
+                 "for an answer from all of it."),
+        author="assistant",
+    ).send()
 
 
 @cl.on_app_startup
@@ -592,6 +613,7 @@ async def show_answer_placeholder() -> cl.Message:
 
 
 async def answer(question: str) -> None:
+    await wait_for_knowledge()
     history = cl.user_session.get("history") or []
     options = routing_options()
     message: cl.Message | None = None

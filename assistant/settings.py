@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     first_token_timeout_s: float = Field(
         default=120.0, gt=0, description="Seconds to wait for the server to start answering."
     )
+    knowledge_wait_s: float = Field(
+        default=5.0, ge=0,
+        description="Seconds a question asked while the app is still loading the knowledge folder waits for it; "
+        "after that it searches what is indexed so far, and says so.",
+    )
     stream_idle_timeout_s: float = Field(
         default=60.0, gt=0, description="Seconds without a new token in a running stream before it counts as dead."
     )

@@ -447,3 +447,42 @@ def test_share_command_shares_an_upload_by_name_as_its_button_does(app, fake):
     # Another conversation now finds it: its sentence went into that chat's prompt.
     assert FINISHED in turn.answer
     assert "forty-one nests" in json.dumps(fake.requests[-1].body["messages"])
+
+
+def test_a_question_during_the_first_indexing_says_it_searched_only_part_of_the_knowledge(fake, tmp_path):
+    """A large knowledge folder is indexed in the background after a start. A question asked before that ends
+    (here without waiting: ASSISTANT_KNOWLEDGE_WAIT_S=0) is told it searched only what was ready; once indexing
+    has ended, the same knowledge is searched whole."""
+    root = make_app_root(tmp_path / "root")
+    rng = random.Random(7)
+    vocabulary = ["".join(rng.choice("abcdefghijklmnoprstuvwy") for _ in range(rng.randint(3, 9))) for _ in range(5000)]
+    for number in range(16):  # about 50 MB: several seconds of indexing on this 2-core machine
+        words = rng.choices(vocabulary, k=450_000)
+        body = "\n\n".join(" ".join(words[i:i + 150]) + "." for i in range(0, len(words), 150))
+        (root / "knowledge" / f"survey {number:02d}.md").write_text(f"# Survey {number}\n\n{body}\n")
+    (root / "knowledge" / "zz heron.md").write_text("# Heron\n\nThe heron census counts forty-one nests.\n")
+    server = AppServer(root, fake.base_url, MODEL, MODEL,
+                       extra_env={"ASSISTANT_ROUTING_MODE": "small", "ASSISTANT_KNOWLEDGE_WAIT_S": "0"})
+    server.start()
+    try:
+        async def ask(question):
+            chat = await new_chat(server)
+            try:
+                return await chat.ask(question, 120)
+            finally:
+                await chat.close()
+
+        early = run(ask("How many nests does the heron census count?"))
+        notice = [text for text in early.texts() if "still being indexed" in text]
+        assert notice, early.texts()
+        assert FINISHED in early.answer  # answered all the same, from what was ready
+
+        deadline = time.monotonic() + 240
+        while not re.search(r"knowledge: .*; cache \w+", server.log_tail(10**7)):  # the load's report
+            assert time.monotonic() < deadline, server.log_tail()
+            time.sleep(0.5)
+        later = run(ask("How many nests does the heron census count?"))
+        assert not any("still being indexed" in text for text in later.texts())
+        assert "forty-one nests" in json.dumps(fake.requests[-1].body["messages"])
+    finally:
+        server.stop()
