@@ -283,6 +283,32 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
+def _exit_with_process(pid: int, every_s: float = 1.0) -> None:
+    """In a worker: exit once the process that asked for the indexing has gone. Killed in the middle (Ctrl+C
+    twice, kill -9), it cannot stop its pool, whose workers would otherwise wait for work for ever (with a
+    fork server, they are not even its children)."""
+
+    def watch() -> None:
+        while _process_alive(pid):
+            time.sleep(every_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-indexer", daemon=True).start()
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a process that has exited but is not yet reaped is a zombie: gone all the same
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 @dataclass
 class _NewFile:
     """A file processed in this refresh: its cache entry and what processing it gave."""
@@ -569,7 +595,8 @@ class KnowledgeBase:
         def collect(future: Future) -> None:
             finished(running.pop(future), future.result())  # a worker's error is raised here
 
-        with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
+        with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_exit_with_process,
+                                 initargs=(os.getpid(),)) as pool:
             while front < back:
                 while front < back and len(running) < 2 * workers:
                     source, data, _ = jobs[front]

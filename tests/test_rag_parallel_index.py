@@ -3,6 +3,7 @@ same as one built in-process, skipped files are reported the same way, and a dyi
 
 import multiprocessing
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,3 +115,75 @@ def test_file_terms_keep_first_use_order():
     assert terms.vocabulary == ["b", "a", "c"]
     assert terms.ids.tolist() == [0, 1, 0, 2, 1] and terms.lengths.tolist() == [3, 0, 2]
     assert np.asarray(terms.vocabulary)[terms.ids].tolist() == ["b", "a", "b", "c", "a"]
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _descendants(pid: int) -> set[int]:
+    found, todo = set(), [pid]
+    while todo:
+        for child in _children(todo.pop()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process tree from /proc (Linux)")
+def test_workers_exit_when_the_indexing_process_is_killed(tmp_path):
+    """kill -9 of the app during a first indexing must not leave its worker processes (and the fork server
+    that started them) waiting for work for ever."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rng = random.Random(3)
+    vocabulary = ["".join(rng.choice("abcdefghijklmnoprstuvwy") for _ in range(rng.randint(3, 9))) for _ in range(4000)]
+    folder = tmp_path / "knowledge"
+    folder.mkdir()
+    for number in range(16):
+        words = rng.choices(vocabulary, k=300_000)
+        (folder / f"part {number}.md").write_text("\n\n".join(" ".join(words[i:i + 120]) for i in range(0, len(words), 120)))
+    script = (
+        "import sys, threading, time\n"
+        "from pathlib import Path\n"
+        "from rag.knowledge import KnowledgeBase\n"
+        "threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()  # threads: the app's fork server\n"
+        "KnowledgeBase(Path(sys.argv[1]), Path(sys.argv[2]), workers=2).refresh()\n"
+    )
+    indexer = subprocess.Popen([sys.executable, "-c", script, str(folder), str(tmp_path / "cache")],
+                               cwd=Path(__file__).resolve().parents[1])
+    try:
+        deadline = time.monotonic() + 60
+        while not {worker for server in _children(indexer.pid) for worker in _children(server)}:
+            # the fork server (a child) has started a worker (its child)
+            assert indexer.poll() is None, "the indexing ended before its workers were seen"
+            assert time.monotonic() < deadline, "no worker processes appeared"
+            time.sleep(0.05)
+        time.sleep(0.5)  # the second worker
+        left = _descendants(indexer.pid)
+    finally:
+        indexer.send_signal(signal.SIGKILL)
+        indexer.wait()
+    deadline = time.monotonic() + 15
+    while True:
+        alive = {pid for pid in left if (Path(f"/proc/{pid}/stat").exists()
+                                         and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z")}
+        if not alive or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    for pid in alive:  # do not leave them behind if the check fails
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, f"{len(alive)} of {len(left)} processes of the killed indexing are still running"
