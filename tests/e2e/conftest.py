@@ -194,3 +194,12 @@ def wait_for_answer(page, timeout_s: float = 600) -> str:
     wait_for_task_end(page, timeout_s)
     page.wait_for_function(LAST_MESSAGE_IS_AN_ANSWER, timeout=30_000)
     return page.locator(ASSISTANT).last.inner_text()
+
+
+def wait_for_answer_with_sources(page, timeout_s: float = 600) -> str:
+    """:func:`wait_for_answer` for an answer that lists sources: also waits for its Sources element, a custom
+    element that Chainlit renders a moment after the text (a loaded run read the text before it came)."""
+    wait_for_answer(page, timeout_s)
+    answer = page.locator(ASSISTANT).last
+    answer.locator('[data-testid="source"]').first.wait_for(timeout=30_000)
+    return answer.inner_text()

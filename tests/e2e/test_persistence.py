@@ -7,7 +7,9 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import ASSISTANT, AppServer, ask, make_app_root, open_chat, wait_for_answer
+from tests.e2e.conftest import (
+    ASSISTANT, AppServer, ask, make_app_root, open_chat, wait_for_answer, wait_for_answer_with_sources,
+)
 from tests.e2e.test_routing_ui import pin
 
 pytestmark = pytest.mark.e2e
@@ -30,7 +32,7 @@ def test_shared_document_settings_and_feedback_survive_a_restart(page, own_app):
     page.locator("#upload-button-input").set_input_files(
         [{"name": "../heron.md", "mimeType": "text/markdown", "buffer": SHARED_FACT.encode()}])
     ask(page, "When does the Heron release train depart?")
-    assert "heron.md" in wait_for_answer(page).lower()
+    assert "heron.md" in wait_for_answer_with_sources(page).lower()
 
     page.get_by_role("button", name="Add to shared knowledge").first.click()
     page.get_by_text("is now shared knowledge").first.wait_for(timeout=30_000)
@@ -60,7 +62,7 @@ def test_shared_document_settings_and_feedback_survive_a_restart(page, own_app):
 
     open_chat(page, own_app)  # a new conversation sees the shared document
     ask(page, "When does the Heron release train depart?")
-    assert "heron.md" in wait_for_answer(page).lower()
+    assert "heron.md" in wait_for_answer_with_sources(page).lower()
 
 
 def test_remove_command_drops_an_upload(page, own_app):

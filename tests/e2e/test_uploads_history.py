@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.conftest import AppServer, ask, make_app_root, open_chat, wait_for_answer
+from tests.e2e.conftest import AppServer, ask, make_app_root, open_chat, wait_for_answer, wait_for_answer_with_sources
 from tests.fixtures.documents import encrypted_pdf_bytes, pdf_bytes
 from benchmarks.hostile_files import hostile_files
 
@@ -73,7 +73,7 @@ def test_hostile_and_broken_files_each_get_a_message_and_the_rest_goes_through(p
     assert "passwd.md is ready" in body
     # The app still answers after the batch.
     ask(page, "What is the margin target?")
-    assert "report.pdf" in wait_for_answer(page).lower()  # source links render in capitals
+    assert "report.pdf" in wait_for_answer_with_sources(page).lower()  # source links render in capitals
     stored = list((own_app.data_dir / "uploads").rglob("*passwd*"))
     assert stored and all(own_app.data_dir in p.parents for p in stored)
     assert not (own_app.root / "etc").exists()
@@ -83,7 +83,7 @@ def test_upload_is_cited_and_survives_a_restart_with_its_history(page, own_app):
     open_chat(page, own_app)
     upload(page, [{"name": "falcon.md", "mimeType": "text/markdown", "buffer": UPLOAD_FACT.encode()}])
     ask(page, "How many steps does the Falcon rollout checklist have?")
-    first = wait_for_answer(page)
+    first = wait_for_answer_with_sources(page)
     assert "falcon.md" in first.lower()
     page.get_by_text("falcon.md is ready for this conversation").first.wait_for()
     thread_url = page.url
@@ -97,7 +97,7 @@ def test_upload_is_cited_and_survives_a_restart_with_its_history(page, own_app):
     bar.wait_for()
     assert own_app.small_model in bar.inner_text()  # the metrics element came back with its numbers
     ask(page, "Who owns the canary review step of the Falcon rollout?")
-    follow_up = wait_for_answer(page)
+    follow_up = wait_for_answer_with_sources(page)
     assert "falcon.md" in follow_up.lower()  # the restored upload is still searched
 
 
@@ -105,8 +105,13 @@ def test_an_upload_in_one_conversation_is_not_retrieved_in_another(page, own_app
     open_chat(page, own_app)
     upload(page, [{"name": "falcon.md", "mimeType": "text/markdown", "buffer": UPLOAD_FACT.encode()}])
     ask(page, "How many steps does the Falcon rollout checklist have?")
-    assert "falcon.md" in wait_for_answer(page).lower()
+    assert "falcon.md" in wait_for_answer_with_sources(page).lower()
 
     open_chat(page, own_app)  # a new conversation
     ask(page, "How many steps does the Falcon rollout checklist have?")
     assert "falcon.md" not in wait_for_answer(page).lower()
+    # What was searched and found, in the retrieval step's own text (no custom element to wait for).
+    page.locator('[id="step-Retrieval"]').last.click()
+    step = page.locator('[data-step-type="retrieval"]').last
+    step.get_by_text("Searched for").wait_for()
+    assert "falcon.md" not in step.inner_text().lower()  # (the query itself says "Falcon")
