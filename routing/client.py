@@ -569,6 +569,11 @@ class ChatStream:
                 try:
                     self._upstream = await self._create_or_raise(model_id, want_logprobs, effort)
                     break
+                except ServerCutConnection as exc:
+                    # Closed without a byte of answer: most often a kept-alive connection the server had just
+                    # closed (its idle timeout). Once more, on a new connection; a server that really died fails again.
+                    if _attempt > 0 or not _closed_before_any_byte(exc):
+                        raise
                 except ServerRejected as exc:
                     # A server that rejects an optional parameter: remember, and ask again without it.
                     rejected = _rejected_parameter(exc)
@@ -854,6 +859,11 @@ def _causes(exc: BaseException):
         seen.add(id(exc))
         yield exc
         exc = exc.__cause__ or exc.__context__
+
+
+def _closed_before_any_byte(exc: Exception) -> bool:
+    return any(isinstance(c, httpx.RemoteProtocolError) and "without sending a response" in str(c)
+               for c in _causes(exc))
 
 
 def _as_model_error(

@@ -4,6 +4,7 @@ list. Real HTTP on loopback: the scripted server, and a raw socket server that c
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -81,7 +82,9 @@ async def test_connection_cut_during_the_headers_is_not_called_unreachable():
             assert time.perf_counter() - started < 5
         finally:
             await client.close()
-        assert cutting.chat_requests == 1
+        # Asked once more on a new connection (a closed kept-alive connection looks the same to the client), then
+        # reported: a server that really died is not asked a third time.
+        assert cutting.chat_requests == 2
     message = str(caught.value)
     assert "closed the connection before answering" in message and "Cannot reach" not in message
     assert "llama.cpp" in message and "foundry" not in message.lower()  # owned_by "me": llama-cpp-python
@@ -213,3 +216,40 @@ async def test_server_health_keeps_the_failure_of_the_last_check():
         assert health.models is None and isinstance(health.error, ServerRefused)
     finally:
         await client.close()
+
+
+async def test_a_connection_closed_before_any_byte_is_asked_once_more_on_a_new_one():
+    """A kept-alive connection the server has just closed (its idle timeout) fails the next request with no byte
+    of answer; that request is sent once more, on a new connection, instead of failing the question."""
+    chats = []
+
+    async def handle(reader, writer):
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            if head.startswith(b"GET"):
+                body = json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model"}]}).encode()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                             + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            else:
+                length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:"))
+                await reader.readexactly(length)
+                chats.append(1)
+                if len(chats) > 1:  # the first chat request gets nothing: the connection just closes
+                    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": MODEL,
+                             "choices": [{"index": 0, "delta": {"content": "Hello"}, "finish_reason": "stop"}]}
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+                                 + f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode())
+            await writer.drain()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = ModelClient(f"http://127.0.0.1:{port}/v1", first_token_timeout_s=10)
+    try:
+        response = await client.complete(MODEL, MESSAGES)
+    finally:
+        await client.close()
+        server.close()
+    assert response.text == "Hello" and len(chats) == 2
