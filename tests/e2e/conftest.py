@@ -196,6 +196,15 @@ def wait_for_answer(page, timeout_s: float = 600) -> str:
     return page.locator(ASSISTANT).last.inner_text()
 
 
+def pin(page, label: str) -> None:
+    """Choose a routing mode in the chat settings and wait for the app to confirm it."""
+    page.locator("#chat-settings-open-modal").click()
+    page.locator("#mode").click()
+    page.get_by_role("option", name=label).click()
+    page.locator("#confirm").click()
+    page.get_by_text("Settings saved").last.wait_for()
+
+
 def wait_for_answer_with_sources(page, timeout_s: float = 600) -> str:
     """:func:`wait_for_answer` for an answer that lists sources: also waits for its Sources element, a custom
     element that Chainlit renders a moment after the text (a loaded run read the text before it came)."""

@@ -8,9 +8,8 @@ import time
 import pytest
 
 from tests.e2e.conftest import (
-    ASSISTANT, AppServer, ask, make_app_root, open_chat, wait_for_answer, wait_for_answer_with_sources,
+    ASSISTANT, AppServer, ask, make_app_root, open_chat, pin, wait_for_answer, wait_for_answer_with_sources,
 )
-from tests.e2e.test_routing_ui import pin
 
 pytestmark = pytest.mark.e2e
 

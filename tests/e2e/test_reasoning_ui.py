@@ -14,8 +14,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.dialects import ANSWER_TEXT, THOUGHT, THOUGHT_TEXT, by_name
-from tests.e2e.conftest import ASSISTANT, AppServer, ask, make_app_root, open_chat, wait_for_answer
-from tests.e2e.test_routing_ui import pin
+from tests.e2e.conftest import ASSISTANT, AppServer, ask, make_app_root, open_chat, pin, wait_for_answer
 from tests.fake_openai_server import FakeOpenAIServer, Script
 
 pytestmark = pytest.mark.e2e

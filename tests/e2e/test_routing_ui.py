@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import ASSISTANT, AppServer, ask, make_app_root, open_chat, wait_for_answer
+from tests.e2e.conftest import ASSISTANT, AppServer, ask, make_app_root, open_chat, pin, wait_for_answer
 from tests.fake_openai_server import FakeOpenAIServer, Script
 
 pytestmark = pytest.mark.e2e
@@ -37,14 +37,6 @@ def scripted_app(fake_models, tmp_path_factory):
     server.start()
     yield server
     server.stop()
-
-
-def pin(page, label: str) -> None:
-    page.locator("#chat-settings-open-modal").click()
-    page.locator("#mode").click()
-    page.get_by_role("option", name=label).click()
-    page.locator("#confirm").click()
-    page.get_by_text("Settings saved").last.wait_for()
 
 
 def test_pinning_each_model_changes_the_answering_model(page, scripted_app, fake_models):

@@ -13,7 +13,8 @@ import time
 import pytest
 
 from tests.e2e.conftest import (
-    ASSISTANT, PROJECT, USER_MESSAGE, AppServer, ask, make_app_root, open_chat, turn_started_at, wait_for_answer, watch,
+    ASSISTANT, PROJECT, USER_MESSAGE, AppServer, ask, make_app_root, open_chat, pin, turn_started_at, wait_for_answer,
+    watch,
 )
 from tests.fake_openai_server import FakeOpenAIServer, Script
 
@@ -37,14 +38,6 @@ def shot(page, name: str) -> None:
 
 def answer_block(page):
     return page.locator(ASSISTANT).filter(has_text="Answered by").last
-
-
-def pin(page, label: str) -> None:
-    page.locator("#chat-settings-open-modal").click()
-    page.locator("#mode").click()
-    page.get_by_role("option", name=label).click()
-    page.locator("#confirm").click()
-    page.get_by_text("Settings saved").last.wait_for()
 
 
 def side_panel_open(page) -> bool:
