@@ -6,7 +6,6 @@ error into a one-line message that names the environment variable to fix.
 
 from __future__ import annotations
 
-import os
 from enum import Enum
 from pathlib import Path
 
@@ -19,13 +18,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "ASSISTANT_"
 
 
-def usable_cpus(limit: int) -> int:
-    """CPUs this process may run on (its affinity, which containers and taskset narrow), at most ``limit``."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        count = os.cpu_count() or 1
-    return max(1, min(limit, count))
+def _prompt_reading_threads() -> int:
+    from rag.knowledge import usable_cpus  # imported here: settings load before the index code is needed
+
+    return max(1, min(8, usable_cpus()))
 
 
 def _option(name: str):
@@ -99,7 +95,7 @@ class Settings(BaseSettings):
         "cores a second thread halved decoding (17 vs 34 tok/s); idle it gained 41 % (49.5 vs 35 tok/s).",
     )
     embedded_batch_threads: int = Field(
-        default_factory=lambda: usable_cpus(limit=8), ge=1,
+        default_factory=_prompt_reading_threads, ge=1,
         description="CPU threads for the embedded model's prompt reading (default: every usable CPU, at most 8). "
         "On this 2-core machine (benchmarks/embedded_threads.py) two threads read the prompt in 4.1 s instead of "
         "7.5 s when idle and 7.3 s instead of 8.1 s with another process busy on one core.",
