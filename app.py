@@ -134,7 +134,7 @@ async def forget_thread(thread_id: str) -> None:
     """A deleted thread takes its conversation state and its uploaded files with it."""
     documents_by_thread.pop(thread_id, None)
     await conversations.adelete(thread_id)
-    uploads = settings.data_dir / "uploads" / thread_id
+    uploads = uploads_folder(thread_id)
     if uploads.resolve().parent == (settings.data_dir / "uploads").resolve():
         await asyncio.to_thread(shutil.rmtree, uploads, True)
 
@@ -193,6 +193,11 @@ except web_security.StartupRefused as exc:
 
 def thread_id() -> str:
     return cl.context.session.thread_id
+
+
+def uploads_folder(tid: str | None = None) -> Path:
+    """Where a conversation's uploads are kept (this session's conversation by default)."""
+    return settings.data_dir / "uploads" / (tid if tid is not None else thread_id())
 
 
 def documents() -> DocumentSet:
@@ -790,7 +795,7 @@ async def handle_uploads(elements: list) -> None:
             await asyncio.to_thread(check_upload, Path(path), limit_bytes)
             parsed = await upload_parser.parse(Path(path), name)
             stored = await asyncio.to_thread(
-                save_upload, Path(path), settings.data_dir / "uploads" / thread_id(), limit_bytes, name
+                save_upload, Path(path), uploads_folder(), limit_bytes, name
             )
             added = await asyncio.to_thread(docs.add_chunks, name, parsed.sha256, parsed.pages, parsed.chunks)
         except (UploadError, LoadError) as exc:
@@ -859,7 +864,7 @@ async def share_by_name(name: str) -> None:
         await cl.Message(content="Say which upload to share: `/share NAME` (see `/docs`).", author="assistant").send()
         return
     doc = next((d for d in documents().documents() if d.name == name), None)
-    folder = settings.data_dir / "uploads" / thread_id()
+    folder = uploads_folder()
     stored = (next((f for f in folder.glob(f"{doc.sha256[:HASH_PREFIX_CHARS]}-*") if f.is_file()), None)
               if doc is not None and folder.is_dir() else None)
     if stored is None:
@@ -869,7 +874,7 @@ async def share_by_name(name: str) -> None:
 
 
 async def share_upload(name: str, upload_id: str) -> None:
-    folder = (settings.data_dir / "uploads" / thread_id()).resolve()
+    folder = uploads_folder().resolve()
     source = (folder / upload_id).resolve()
     if not upload_id or source.parent != folder or not source.is_file():
         await cl.Message(content="That upload is not available any more.", author="assistant").send()
