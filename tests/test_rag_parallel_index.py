@@ -10,7 +10,7 @@ import pytest
 
 import rag.knowledge as knowledge
 from rag.knowledge import KnowledgeBase
-from tests.fixtures.documents import write
+from tests.fixtures.documents import made_up_words, write
 
 TOPICS = ["parrots", "espresso", "deployments", "tacos", "backups", "printers", "passwords", "holidays"]
 
@@ -150,11 +150,10 @@ def test_workers_exit_when_the_indexing_process_is_killed(tmp_path):
     import time
 
     rng = random.Random(3)
-    vocabulary = ["".join(rng.choice("abcdefghijklmnoprstuvwy") for _ in range(rng.randint(3, 9))) for _ in range(4000)]
     folder = tmp_path / "knowledge"
     folder.mkdir()
     for number in range(16):
-        words = rng.choices(vocabulary, k=300_000)
+        words = made_up_words(rng, 300_000)
         (folder / f"part {number}.md").write_text("\n\n".join(" ".join(words[i:i + 120]) for i in range(0, len(words), 120)))
     script = (
         "import sys, threading, time\n"

@@ -30,6 +30,7 @@ from rag.chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP
 from rag.knowledge import KnowledgeBase
 from rag.loaders import document_chunks, load_bytes
 from tests.fake_openai_server import FakeOpenAIServer, HeaderCuttingServer, Script
+from tests.fixtures.documents import made_up_words
 
 MODEL = "fake-small"
 FINISHED = "Answered by"
@@ -273,12 +274,11 @@ SHARE_KILL_POINTS = {
 def field_notes(tag: str, words: int = 120_000) -> tuple[bytes, str]:
     """A markdown document of about 0.9 MB with little repetition (its cache data files are not tiny), and a
     sentence of its own that a question can find."""
-    rng = random.Random(tag)
-    vocabulary = ["".join(rng.choice("abcdefghijklmnoprstuvwy") for _ in range(rng.randint(3, 9))) for _ in range(4000)]
+    text = made_up_words(random.Random(tag), words)
     sentence = f"The {tag} ledger records the quokka burrows at Cape Mentelle."
     parts = [f"# Field notes {tag}\n\n{sentence}\n"]
     for section in range(words // 150):
-        parts.append(f"## Transect {section}\n\n" + " ".join(rng.choice(vocabulary) for _ in range(150)) + ".\n")
+        parts.append(f"## Transect {section}\n\n" + " ".join(text[section * 150:(section + 1) * 150]) + ".\n")
     return "\n".join(parts).encode(), sentence
 
 
@@ -453,9 +453,8 @@ def test_a_question_during_the_first_indexing_says_it_searched_only_part_of_the_
     has ended, the same knowledge is searched whole."""
     root = make_app_root(tmp_path / "root")
     rng = random.Random(7)
-    vocabulary = ["".join(rng.choice("abcdefghijklmnoprstuvwy") for _ in range(rng.randint(3, 9))) for _ in range(5000)]
     for number in range(16):  # about 50 MB: several seconds of indexing on this 2-core machine
-        words = rng.choices(vocabulary, k=450_000)
+        words = made_up_words(rng, 450_000, vocabulary_size=5000)
         body = "\n\n".join(" ".join(words[i:i + 150]) + "." for i in range(0, len(words), 150))
         (root / "knowledge" / f"survey {number:02d}.md").write_text(f"# Survey {number}\n\n{body}\n")
     (root / "knowledge" / "zz heron.md").write_text("# Heron\n\nThe heron census counts forty-one nests.\n")
