@@ -29,15 +29,15 @@ from assistant.events import AnswerStarted, Escalated, Queued, SourcesFound, Thi
 from assistant import wiring
 from assistant.record import TurnRecord
 from assistant.settings import RoutingMode, SettingsError, load_settings
-from assistant.storage import LocalFileStorage, ensure_schema, thread_data_layer
+from assistant.storage import HeldWrites, LocalFileStorage, ensure_schema, thread_data_layer
 from assistant.uploads import HASH_PREFIX_CHARS, UploadError, check_upload, install_upload_checks, save_upload, share_document
-from assistant import web_security
+from assistant import step_clock, web_security
 from assistant.accounts import Accounts, AccountsError, LoginThrottle
 from rag.documents import DocumentSet, clean_display_name
 from rag.citations import strip_citations
 from rag.loaders import LoadError
 from rag.progress import TerminalProgress, progress_message
-from routing.client import ModelNotFound, explain_alias
+from routing.client import ModelNotFound, explain_alias, on_request_sent
 from routing.metrics import SessionMetrics, latency_figure, summary_rows
 from routing.policy import RoutingOptions
 import ui
@@ -122,9 +122,13 @@ async def shutdown() -> None:
     upload_parser.close()
 
 
+# The chat database's writes, held while a question is on its way to the model (see HeldWrites).
+chat_writes = HeldWrites()
+
+
 @cl.data_layer
 def data_layer():
-    layer = thread_data_layer(settings.sqlalchemy_url, file_storage, forget_thread)
+    layer = thread_data_layer(settings.sqlalchemy_url, file_storage, forget_thread, chat_writes)
     # Uploads of a refused type or size are never stored.
     layer.__class__ = web_security.guarded_data_layer(type(layer), int(settings.upload_max_mb * 1024 * 1024))
     return layer
@@ -175,6 +179,7 @@ def _install_get_routes() -> None:
 
 
 _install_get_routes()
+step_clock.install()
 install_upload_checks(fastapi_app, int(settings.upload_max_mb * 1024 * 1024), clean_display_name)
 fastapi_app.add_middleware(OfflinePage)
 # Last, so its checks run first (outermost), before any other middleware answers.
@@ -531,6 +536,16 @@ async def stop_running_answer(sid):
 async def on_message(message: cl.Message) -> None:
     # After an edit, Chainlit re-runs this handler without registering it as the current task; Stop needs it.
     cl.context.session.current_task = asyncio.current_task()
+    # The chat database's writes wait from the question's arrival until its request is sent to the model.
+    tid = thread_id()
+    on_request_sent.set(lambda: chat_writes.release(tid))
+    try:
+        await handle_message(message)
+    finally:
+        chat_writes.release(tid)
+
+
+async def handle_message(message: cl.Message) -> None:
     text = (message.content or "").strip()
 
     if message.elements:

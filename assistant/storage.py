@@ -7,11 +7,13 @@ columns a newer Chainlit writes (e.g. ``steps.defaultOpen``), idempotently, on e
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -186,14 +188,117 @@ class LocalFileStorage:
         return None
 
 
-def thread_data_layer(conninfo: str, storage_provider, on_delete):
-    """Chainlit's SQLAlchemy data layer, which also calls ``await on_delete(thread_id)`` once a thread is
-    deleted, so what the app keeps beside the thread (its uploads, its conversation state) goes with it."""
+class HeldWrites:
+    """The chat database's writes, one at a time in the order they were asked for, and held back while a
+    question is on its way to the model.
+
+    Chainlit fires each write as a task of its own on the event loop the chats share. A user's message
+    starts four or five of them (the message, its thread, Chainlit's run step, the retrieval step), and
+    their SQLAlchemy work ran between the question's arrival and its request to the model server. Held
+    until that request is sent (``release``, or ``max_hold_s`` at the latest), they run while the model
+    reads the prompt. One at a time also means a step's update can no longer land before its creation.
+    """
+
+    def __init__(self, max_hold_s: float = 0.5):
+        self.max_hold_s = max_hold_s
+        self._lock = asyncio.Lock()
+        self._open = asyncio.Event()
+        self._open.set()
+        self._holds: dict[str, asyncio.TimerHandle] = {}
+        self._inside = contextvars.ContextVar("inside_a_write", default=False)
+
+    def hold(self, key: str) -> None:
+        """Hold writes until ``release(key)``; each hold lets go by itself after ``max_hold_s``."""
+        if key in self._holds:
+            return
+        self._holds[key] = asyncio.get_running_loop().call_later(self.max_hold_s, self.release, key)
+        self._open.clear()
+
+    def release(self, key: str) -> None:
+        timer = self._holds.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        if not self._holds:
+            self._open.set()
+
+    @property
+    def held(self) -> bool:
+        return not self._open.is_set()
+
+    async def run(self, write: Callable[..., Awaitable[Any]], *args, **kwargs) -> Any:
+        if self._inside.get():  # a write made by a write (create_step updates its thread): already in turn
+            return await write(*args, **kwargs)
+        async with self._lock:
+            await self._open.wait()
+            token = self._inside.set(True)
+            try:
+                return await write(*args, **kwargs)
+            finally:
+                self._inside.reset(token)
+
+    async def settled(self) -> None:
+        """Once the writes asked for before this call are done (for a read that must see them)."""
+        if self._inside.get():
+            return
+        async with self._lock:
+            await self._open.wait()
+
+
+def thread_data_layer(conninfo: str, storage_provider, on_delete, writes: HeldWrites | None = None):
+    """Chainlit's SQLAlchemy data layer, with its writes in order and held while a question is sent
+    (``HeldWrites``); it also calls ``await on_delete(thread_id)`` once a thread is deleted, so what the
+    app keeps beside the thread (its uploads, its conversation state) goes with it."""
     from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
 
     class ThreadDataLayer(SQLAlchemyDataLayer):
+        # Writes (a write made inside another, like create_step's update_thread, runs in that one's turn).
+        async def create_step(self, step_dict):
+            if step_dict.get("type") == "user_message" and step_dict.get("threadId"):
+                self.writes.hold(step_dict["threadId"])  # the app releases it once the answer's request is sent
+            return await self.writes.run(super().create_step, step_dict)
+
+        async def update_step(self, step_dict):
+            return await self.writes.run(super().update_step, step_dict)
+
+        async def delete_step(self, step_id):
+            return await self.writes.run(super().delete_step, step_id)
+
+        async def create_element(self, element):
+            return await self.writes.run(super().create_element, element)
+
+        async def delete_element(self, element_id, thread_id=None):
+            return await self.writes.run(super().delete_element, element_id, thread_id)
+
+        async def update_thread(self, thread_id, name=None, user_id=None, metadata=None, tags=None):
+            return await self.writes.run(super().update_thread, thread_id, name, user_id, metadata, tags)
+
         async def delete_thread(self, thread_id: str):
-            await super().delete_thread(thread_id)
+            await self.writes.run(super().delete_thread, thread_id)
             await on_delete(thread_id)
 
-    return ThreadDataLayer(conninfo=conninfo, storage_provider=storage_provider, connect_args=connect_args_for(conninfo))
+        async def upsert_feedback(self, feedback):
+            return await self.writes.run(super().upsert_feedback, feedback)
+
+        async def delete_feedback(self, feedback_id):
+            return await self.writes.run(super().delete_feedback, feedback_id)
+
+        # Reads that must see the writes asked for before them.
+        async def get_thread(self, thread_id):
+            await self.writes.settled()
+            return await super().get_thread(thread_id)
+
+        async def get_thread_author(self, thread_id):
+            await self.writes.settled()
+            return await super().get_thread_author(thread_id)
+
+        async def list_threads(self, pagination, filters):
+            await self.writes.settled()
+            return await super().list_threads(pagination, filters)
+
+        async def get_element(self, thread_id, element_id):
+            await self.writes.settled()
+            return await super().get_element(thread_id, element_id)
+
+    layer = ThreadDataLayer(conninfo=conninfo, storage_provider=storage_provider, connect_args=connect_args_for(conninfo))
+    layer.writes = writes or HeldWrites()
+    return layer

@@ -447,6 +447,9 @@ async def element_owner(object_key: str) -> str | None:
     layer = get_data_layer()
     if layer is None or not hasattr(layer, "execute_sql"):
         return None
+    writes = getattr(layer, "writes", None)
+    if writes is not None:  # an element asked for right after its message: its row may still be held
+        await writes.settled()
     rows = await layer.execute_sql('SELECT "threadId" FROM elements WHERE "objectKey" = :key', {"key": object_key})
     if not isinstance(rows, list) or not rows or not rows[0].get("threadId"):
         return None
