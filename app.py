@@ -543,10 +543,14 @@ async def on_message(message: cl.Message) -> None:
         await handle_message(message)
     finally:
         chat_writes.release(tid)
+        # The turn is over once what it wrote is stored: a crash right after it loses nothing it showed.
+        await chat_writes.settled()
 
 
 async def handle_message(message: cl.Message) -> None:
     text = (message.content or "").strip()
+    if message.elements or not text or text.startswith(("/docs", "/remove", "/share")):
+        chat_writes.release(thread_id())  # no question for the model: nothing to hold the writes for
 
     if message.elements:
         await handle_uploads(message.elements)

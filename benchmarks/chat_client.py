@@ -119,6 +119,10 @@ class ChatClient:
     async def close(self) -> None:
         if self.sio.connected:
             await self.sio.disconnect()
+        # A connection the server dropped (an app killed in a test) leaves engineio's aiohttp session open.
+        http = getattr(self.sio.eio, "http", None)
+        if http is not None and not http.closed:
+            await http.close()
 
     async def __aenter__(self) -> "ChatClient":
         return await self.connect()

@@ -222,15 +222,19 @@ def test_cut_during_the_headers_says_so_with_a_retry(tmp_path):
 def test_kill_9_mid_answer_leaves_the_partial_answer_with_a_note(app, fake):
     fake.default_script = Script(tokens=words(200, "slow"), first_token_delay=0.1, token_delay=0.05)
 
-    async def ask_until_streaming():
+    async def ask_until_streaming_then_kill():
         chat = await new_chat(app)
-        chat.send("Write a long answer")
-        await chat.wait_until(lambda: " slow40" in "".join(chat.texts()), 30)  # streaming for 2 s
-        thread_id = next(data["thread_id"] for _, name, data in chat.events if name == "first_interaction")
-        return chat, thread_id, "".join(chat.texts())
+        try:
+            chat.send("Write a long answer")
+            await chat.wait_until(lambda: " slow40" in "".join(chat.texts()), 30)  # streaming for 2 s
+            thread_id = next(data["thread_id"] for _, name, data in chat.events if name == "first_interaction")
+            seen = "".join(chat.texts())
+            os.kill(app.process.pid, signal.SIGKILL)  # no shutdown hook, no final write
+        finally:
+            await chat.close()
+        return thread_id, seen
 
-    chat, thread_id, seen = run(ask_until_streaming())
-    os.kill(app.process.pid, signal.SIGKILL)  # no shutdown hook, no final write
+    thread_id, seen = run(ask_until_streaming_then_kill())
     app.process.wait(10)
 
     database = app.data_dir / "chat.db"
@@ -337,6 +341,12 @@ def test_kill_9_mid_share_leaves_the_document_whole_in_knowledge_or_in_the_conve
 
         async def share_and_kill():
             chat = await new_chat(app)
+            try:
+                return await share_in(chat)
+            finally:
+                await chat.close()
+
+        async def share_in(chat):
             action = await upload_in(chat, name, data)
             thread_id = next(d["thread_id"] for _, n, d in chat.events if n == "first_interaction")
             async with httpx.AsyncClient(base_url=app.url, headers={"Cookie": chat.cookie}, timeout=120) as http:
