@@ -10,6 +10,7 @@ from assistant.conversations import (
 )
 from assistant.storage import LocalFileStorage, ensure_schema, thread_data_layer
 from routing.metrics import LegMetrics, TurnMetrics
+from tests.fixtures.chat_database import chat_database_with_thread
 
 THREAD = "thread-1"
 
@@ -30,13 +31,8 @@ def insert_step(db, step_id, kind, created, output, metadata=None):
 
 
 async def test_history_and_metrics_come_back_from_the_stored_messages_and_leave_with_the_thread(tmp_path):
-    url = f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}"
-    await ensure_schema(url)
+    url = await chat_database_with_thread(tmp_path, THREAD)
     with sqlite3.connect(tmp_path / "chat.db") as db:
-        db.execute('INSERT INTO users ("id", "identifier", "metadata", "createdAt") VALUES (?, ?, ?, ?)',
-                   ("u1", "local", "{}", "2026-01-01T00:00:00Z"))
-        db.execute('INSERT INTO threads ("id", "createdAt", "name", "userId", "userIdentifier", "metadata") '
-                   "VALUES (?, ?, ?, ?, ?, ?)", (THREAD, "2026-01-01T00:00:00Z", "t", "u1", "local", "{}"))
         insert_step(db, "s0", "assistant_message", "2026-01-01T00:00:01Z", "Welcome")  # no metadata: not history
         insert_step(db, "s1", "user_message", "2026-01-01T00:00:02Z", "How many vacation days?")
         insert_step(db, "s2", "assistant_message", "2026-01-01T00:00:03Z", "25 days [1]\n---\nfooter",

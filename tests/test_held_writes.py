@@ -5,9 +5,10 @@ import asyncio
 import sqlite3
 import time
 
-from assistant.storage import HeldWrites, LocalFileStorage, ensure_schema, thread_data_layer
+from assistant.storage import HeldWrites, LocalFileStorage, thread_data_layer
 from routing.client import ModelClient, on_request_sent
 from tests.fake_openai_server import FakeOpenAIServer, Script
+from tests.fixtures.chat_database import chat_database_with_thread
 
 THREAD = "thread-1"
 
@@ -76,13 +77,7 @@ async def test_a_write_made_inside_a_write_does_not_wait_for_itself():
 
 
 async def chat_database(tmp_path, writes):
-    url = f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}"
-    await ensure_schema(url)
-    with sqlite3.connect(tmp_path / "chat.db") as db:
-        db.execute('INSERT INTO users ("id", "identifier", "metadata", "createdAt") VALUES (?, ?, ?, ?)',
-                   ("u1", "local", "{}", "2026-01-01T00:00:00Z"))
-        db.execute('INSERT INTO threads ("id", "createdAt", "name", "userId", "userIdentifier", "metadata") '
-                   "VALUES (?, ?, ?, ?, ?, ?)", (THREAD, "2026-01-01T00:00:00Z", "t", "u1", "local", "{}"))
+    url = await chat_database_with_thread(tmp_path, THREAD)
 
     async def forget(_thread_id):
         return None
