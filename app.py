@@ -656,6 +656,7 @@ async def answer(question: str) -> None:
                 stage = "waiting for the model's first word"
             elif isinstance(event, Queued):
                 cl.user_session.set("queued", True)
+                chat_writes.release(thread_id())  # its request waits for the server: nothing to hold the writes for
                 stage = "waiting in line for the model server"
                 if waiting is None:
                     waiting = cl.Message(content=queue_text(event), author="assistant")
