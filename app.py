@@ -86,6 +86,7 @@ def load_knowledge() -> None:
     try:
         report = knowledge.refresh(progress=TerminalProgress())
         log.info("knowledge: %s", report.summary())
+        pipeline.warm_up_search()
     finally:
         knowledge_loaded.set()
     knowledge.start_watching()

@@ -246,6 +246,16 @@ class Pipeline:
             notices=notices,
         )
 
+    def warm_up_search(self) -> None:
+        """One search of the knowledge base for words it holds, once it has loaded (in the loading thread): the
+        first question's search then knows whether it is fast enough for the event loop, and runs warm."""
+        chunks = self.knowledge.chunks if self.knowledge is not None else ()
+        if not chunks:
+            return
+        t0 = time.perf_counter()
+        self.knowledge.search(" ".join(chunks[0].text.split()[:8]), self.settings.top_k)
+        self.last_search_ms = (time.perf_counter() - t0) * 1000
+
     async def _search(self, retriever: Retriever, query: str) -> list[ScoredChunk]:
         """Small indexes are searched on the event loop, large ones in a thread so other chats keep streaming;
         which one it is, the previous search's own time says."""

@@ -1,6 +1,7 @@
 """Which retrieved chunks reach the prompt: one score floor for shared knowledge and uploads alike, since a
 conversation's uploads are scored in the same collection as the knowledge base."""
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -151,6 +152,24 @@ async def test_a_fast_search_runs_on_the_event_loop_and_a_slow_one_in_a_worker_t
         await pipeline.client.close()
         # The first search has no timing to go by: a thread. Then a fast one stays on the loop.
         assert [thread == loop_thread for thread in retriever.threads] == expected, delay_s
+
+
+async def test_after_the_warm_up_search_the_first_question_searches_on_the_event_loop(fake, tmp_path):
+    import threading
+
+    settings = Settings(model_endpoint=fake.base_url, _env_file=None)
+    kb = knowledge_base(tmp_path)
+    pipeline = Pipeline(settings, ModelClient.from_settings(settings), kb)
+    pipeline.inline_search_ms = 100.0  # "fast" with room to spare on a loaded machine
+    assert pipeline.last_search_ms == float("inf")  # nothing to go by: a first question would search in a thread
+    await asyncio.to_thread(pipeline.warm_up_search)  # as the app does, in the thread that loaded the knowledge
+    assert pipeline.last_search_ms < 100.0
+    retriever = ThreadRecordingRetriever(kb)
+    found = await pipeline.retrieve("How long do I boil pasta?", pipeline_options(settings),
+                                    documents=retriever, reference_text=None, retrieve=True)
+    await pipeline.client.close()
+    assert found.shown[0].chunk.source == "cooking.md"
+    assert retriever.threads == [threading.get_ident()]
 
 
 def pipeline_options(settings):
