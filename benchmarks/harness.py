@@ -69,12 +69,12 @@ class AppServer:
         return env
 
     def start(self, timeout_s: float = 60) -> "AppServer":
-        log = open(self.root / "chainlit.log", "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "chainlit", "run", str(PROJECT / "app.py"), "--headless",
-             "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=self.root, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-        )
+        with open(self.root / "chainlit.log", "ab") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "chainlit", "run", str(PROJECT / "app.py"), "--headless",
+                 "--host", "127.0.0.1", "--port", str(self.port)],
+                cwd=self.root, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

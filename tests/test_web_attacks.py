@@ -150,12 +150,18 @@ def test_a_cross_origin_text_plain_post_runs_no_model(local_app, fake):
 async def connect_socket(app: AppServer, cookies: httpx.Cookies, origin: str) -> socketio.AsyncClient:
     client = socketio.AsyncClient(reconnection=False)
     cookie_header = "; ".join(f"{name}={value}" for name, value in cookies.items())
-    await client.connect(
-        app.url, socketio_path="/ws/socket.io", transports=["websocket"], wait_timeout=15,
-        headers={"Origin": origin, "Cookie": cookie_header},
-        auth={"sessionId": str(uuid.uuid4()), "clientType": "webapp", "threadId": None, "userEnv": "{}",
-              "chatProfile": None},
-    )
+    try:
+        await client.connect(
+            app.url, socketio_path="/ws/socket.io", transports=["websocket"], wait_timeout=15,
+            headers={"Origin": origin, "Cookie": cookie_header},
+            auth={"sessionId": str(uuid.uuid4()), "clientType": "webapp", "threadId": None, "userEnv": "{}",
+                  "chatProfile": None},
+        )
+    except socketio.exceptions.ConnectionError:
+        # A refused connection leaves engineio's aiohttp session open ("Unclosed client session" at exit).
+        if client.eio.http is not None and not client.eio.http.closed:
+            await client.eio.http.close()
+        raise
     return client
 
 
