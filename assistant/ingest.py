@@ -317,6 +317,9 @@ class UploadParser:
         with self._start_lock:
             if self._server is not None and self._server.poll() is None:
                 return
+            if self._server is not None:  # it died (killed by a limit, or by hand): let go of its pipes
+                self._server.stdin.close()
+                self._server.stdout.close()
             if self._folder is None:
                 self._folder = tempfile.mkdtemp(prefix="assistant-ingest-")
             Path(self.socket_path).unlink(missing_ok=True)

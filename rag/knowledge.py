@@ -441,7 +441,8 @@ class KnowledgeBase:
             texts_name = _data_file_name(manifest, "texts", "texts.bin")
             arrays_name = _data_file_name(manifest, "arrays", "arrays.npz")
             blob = (self.cache_path / texts_name).read_bytes()
-            with np.load(self.cache_path / arrays_name, allow_pickle=False) as stored:
+            # Our own handle: np.load leaves the file open when it is not a readable .npz (a damaged cache).
+            with open(self.cache_path / arrays_name, "rb") as handle, np.load(handle, allow_pickle=False) as stored:
                 arrays = {name: stored[name] for name in stored.files}
             files = []
             for item in manifest["files"]:

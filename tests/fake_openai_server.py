@@ -289,7 +289,11 @@ class HeaderCuttingServer:
         self._loop = asyncio.new_event_loop()
         self._server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port))
         self._ready.set()
-        self._loop.run_forever()
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.run_until_complete(self._server.wait_closed())
+            self._loop.close()
 
     def __enter__(self) -> "HeaderCuttingServer":
         self._thread = threading.Thread(target=self._run, daemon=True)

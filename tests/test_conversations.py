@@ -70,6 +70,7 @@ async def test_history_and_metrics_come_back_from_the_stored_messages_and_leave_
     assert deleted == [THREAD]
     assert await store.aload(THREAD) == {} and not (tmp_path / "conversations" / f"{THREAD}.json").exists()
     assert await layer.get_thread(THREAD) is None
+    await layer.close()
 
 
 async def test_a_save_waits_for_a_write_lock_held_longer_than_sqlites_default_instead_of_being_lost(tmp_path):
@@ -108,6 +109,7 @@ async def test_a_save_waits_for_a_write_lock_held_longer_than_sqlites_default_in
                                      {"id": "s1", "thread": THREAD})
     waited = time.monotonic() - started
     holder.join()
+    await layer.close()
     assert stored == 1
     with sqlite3.connect(tmp_path / "chat.db") as db:
         assert db.execute("SELECT output FROM steps WHERE id = 's1'").fetchall() == [("kept",)]

@@ -114,6 +114,7 @@ async def test_a_users_question_holds_the_chat_database_until_released(tmp_path)
     writes.release(THREAD)
     await asyncio.wait_for(asyncio.gather(question, run_step), timeout=10)
     thread = await asyncio.wait_for(reader, timeout=10)
+    await layer.close()
     assert {s["id"] for s in thread["steps"]} == {"q1", "r1"}
     assert stored_outputs(tmp_path) == {"q1": "How?", "r1": ""}
 
@@ -127,6 +128,7 @@ async def test_an_update_fired_right_after_its_creation_is_the_one_kept(tmp_path
     final = {**first, "output": "final answer"}
     tasks = [asyncio.create_task(layer.create_step(first)), asyncio.create_task(layer.update_step(final))]
     await asyncio.gather(*tasks)
+    await layer.close()
     assert stored_outputs(tmp_path)["a1"] == "final answer"
 
 
