@@ -30,21 +30,12 @@ from pathlib import Path
 from assistant.conversations import metrics_from_steps
 from assistant.embedded import EMBEDDED_TOP_K, EmbeddedModelServer, default_model_path
 from routing.metrics import percentile
-from benchmarks.harness import ASSISTANT, CHROMIUM, CHROMIUM_ARGS, AppServer, make_app_root
+from benchmarks.harness import ASSISTANT, CHROMIUM, CHROMIUM_ARGS, SAMPLE_QUESTIONS, AppServer, make_app_root
 
 # An answer that has ended shows one of these footers.
 FINISHED_ANSWER = ", ".join(f'{ASSISTANT}:has-text("{footer}")' for footer in ("Answered by", "No model answered", "Cut short"))
 
-QUESTIONS = [
-    "What is the internal code name of the assistant?",
-    "How does the router decide to escalate?",
-    "Which BM25 backends are available?",
-    "How are uploads kept private?",
-    "What does the metrics bar show?",
-    "What is the embedded fallback model?",
-    "How is cloud cost simulated?",
-    "How do I point the app at Foundry Local?",
-]
+QUESTIONS = SAMPLE_QUESTIONS
 
 # Timestamps of the question leaving on the websocket and of the answer's first frame coming back.
 WEBSOCKET_CLOCK = """

@@ -114,3 +114,17 @@ ASSISTANT = '[data-step-type="assistant_message"]'
 USER_MESSAGE = '[data-step-type="user_message"]'
 # An answer is finished when its footer is there (the chat writes it when the turn ends).
 FINISHED_ANSWER = f'{ASSISTANT}:has-text("Answered by"), {ASSISTANT}:has-text("No model answered")'
+
+
+# Questions the sample knowledge folder (knowledge/) answers, for benchmarks that chat with the app.
+SAMPLE_QUESTIONS = [
+    "What is the internal code name of the assistant?",
+    "How does the router decide to escalate?",
+    "Which BM25 backends are available?",
+    "How are uploads kept private?",
+    "What does the metrics bar show?",
+    "What is the embedded fallback model?",
+    "How is cloud cost simulated?",
+    "How do I point the app at Foundry Local?",
+]
+

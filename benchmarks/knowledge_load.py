@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.data import PROJECT_ROOT, scifact_dir
+from benchmarks.data import PROJECT_ROOT, export_at_revision, scifact_dir
 
 STEP = r"""
 import json, resource, statistics, sys, time
@@ -132,11 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"Knowledge folder: {files} Markdown files, {folder_size(folder) / 1e6:.0f} MB of SciFact abstracts")
         results = []
         if args.before:
-            before_dir = temp / "before"
-            before_dir.mkdir()
-            archive = subprocess.run(["git", "-C", str(PROJECT_ROOT), "archive", args.before, "rag"],
-                                     capture_output=True, check=True)
-            subprocess.run(["tar", "-x", "-C", str(before_dir)], input=archive.stdout, check=True)
+            before_dir = export_at_revision(args.before, "rag", temp / "before")
             results.append(measure(f"before ({args.before})", before_dir, folder, temp / "cache-before", 1))
         if not args.before_only:
             results.append(measure("now", PROJECT_ROOT, folder, temp / "cache-now", 3))

@@ -23,16 +23,9 @@ from assistant.embedded import EMBEDDED_TOP_K, EmbeddedModelServer
 from assistant.settings import load_settings
 from routing.metrics import percentile
 from benchmarks.chat_client import ChatClient
-from benchmarks.harness import AppServer, make_app_root
+from benchmarks.harness import SAMPLE_QUESTIONS, AppServer, make_app_root
 
-QUESTIONS = [
-    "How does the router decide to escalate?",
-    "Which BM25 backends are available?",
-    "How are uploads kept private?",
-    "What does the metrics bar show?",
-    "What is the embedded fallback model?",
-    "How is cloud cost simulated?",
-]
+QUESTIONS = SAMPLE_QUESTIONS[1:7]
 
 
 def queue_position(text: str) -> int | None:

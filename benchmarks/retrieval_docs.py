@@ -29,7 +29,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks.data import PROJECT_ROOT
+from benchmarks.data import PROJECT_ROOT, export_at_revision
 
 DEFAULT_QUESTIONS = PROJECT_ROOT / "benchmarks" / "questions" / "python311_library.json"
 
@@ -132,8 +132,7 @@ def evaluate_plain(folder: Path, spec: dict, cache_dir: Path) -> dict:
 def run_before(ref: str, folder: Path, questions: Path) -> dict:
     """evaluate_plain with the rag/ package of git ref ``ref``, in a subprocess."""
     with tempfile.TemporaryDirectory(prefix="retrieval-before-") as temp:
-        archive = subprocess.run(["git", "-C", str(PROJECT_ROOT), "archive", ref, "rag"], capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", temp], input=archive.stdout, check=True)
+        export_at_revision(ref, "rag", Path(temp))
         shutil.copytree(PROJECT_ROOT / "benchmarks", Path(temp) / "benchmarks")
         code = (
             "import json, sys; from pathlib import Path; from benchmarks.retrieval_docs import evaluate_plain; "

@@ -29,7 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.data import PROJECT_ROOT
+from benchmarks.data import PROJECT_ROOT, export_at_revision
 from benchmarks.retrieval_docs import DEFAULT_QUESTIONS, locate_folder
 
 STEP = r"""
@@ -122,11 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         temp = Path(temp)
         codes = [("now", PROJECT_ROOT)]
         if args.before:
-            before_dir = temp / "before"
-            before_dir.mkdir()
-            archive = subprocess.run(["git", "-C", str(PROJECT_ROOT), "archive", args.before, "rag"],
-                                     capture_output=True, check=True)
-            subprocess.run(["tar", "-x", "-C", str(before_dir)], input=archive.stdout, check=True)
+            before_dir = export_at_revision(args.before, "rag", temp / "before")
             codes.insert(0, (f"before ({args.before})", before_dir))
         print(header)
         print("-" * len(header))
