@@ -548,25 +548,26 @@ async def on_message(message: cl.Message) -> None:
         await chat_writes.settled()
 
 
+COMMANDS = ("/docs", "/remove", "/share")
+
+
 async def handle_message(message: cl.Message) -> None:
     text = (message.content or "").strip()
-    if message.elements or not text or text.startswith(("/docs", "/remove", "/share")):
+    command = next((name for name in COMMANDS if text.startswith(name)), None)
+    if message.elements or command or not text:
         chat_writes.release(thread_id())  # no question for the model: nothing to hold the writes for
 
     if message.elements:
         await handle_uploads(message.elements)
-    if text.startswith("/docs"):
+    argument = text[len(command):].strip() if command else ""
+    if command == "/docs":
         await list_documents()
-        return
-    if text.startswith("/remove"):
-        await remove_document(text[len("/remove"):].strip())
-        return
-    if text.startswith("/share"):
-        await share_by_name(text[len("/share"):].strip())
-        return
-    if not text:
-        return
-    await answer(text)
+    elif command == "/remove":
+        await remove_document(argument)
+    elif command == "/share":
+        await share_by_name(argument)
+    elif text:
+        await answer(text)
 
 
 def queue_text(event: Queued) -> str:
