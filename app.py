@@ -25,6 +25,7 @@ from assistant.demo import install_demo_routes
 from assistant.ingest import UploadParser
 from assistant.embedded import EmbeddedModelError, default_model_path, model_name
 from assistant.page import OfflinePage
+from assistant.partial_answer import PartialAnswerSaver
 from assistant.events import AnswerStarted, Escalated, Queued, SourcesFound, Thinking, ThinkingFinished, Token, TurnFinished
 from assistant import wiring
 from assistant.record import TurnRecord
@@ -590,41 +591,21 @@ PARTIAL_NOTE = (
 )
 
 
-class PartialAnswerSaver:
-    """Keeps a streaming answer in the chat database (at most every ``interval_s``), with a note that it is
-    incomplete, so that a crash of the app leaves it in the thread. Writes go straight to the data layer,
-    not to the browser; the final ``send()`` replaces the saved text once the answer ends."""
+def partial_answer_saver(message: cl.Message) -> PartialAnswerSaver:
+    """Saves the streaming answer, with a note that it is incomplete, straight to the data layer (not to the
+    browser); the final ``send()`` replaces the saved text once the answer ends."""
 
-    def __init__(self, message: cl.Message, interval_s: float = 1.0):
-        self.message = message
-        self.interval_s = interval_s
-        self._last = 0.0
-        self._write: asyncio.Task | None = None
-
-    def streamed(self) -> None:
-        now = asyncio.get_running_loop().time()
-        if now - self._last < self.interval_s or (self._write is not None and not self._write.done()):
-            return
-        self._last = now
-        step = self.message.to_dict()
+    def snapshot() -> dict:
+        step = message.to_dict()
         step["output"] = (step.get("output") or "") + PARTIAL_NOTE
-        self._write = asyncio.create_task(self._save(step))
+        return step
 
-    @staticmethod
-    async def _save(step: dict) -> None:
+    async def save(step: dict) -> None:
         data_layer = get_data_layer()
-        if data_layer is None:
-            return
-        try:
+        if data_layer is not None:
             await data_layer.create_step(step)  # an upsert in the SQLAlchemy data layer
-        except Exception as exc:  # a failed partial save must not break the answer
-            log.warning("could not save the partial answer: %s", exc)
 
-    async def finish(self) -> None:
-        """Wait for a write in flight, so that it cannot land after (and over) the final message."""
-        if self._write is not None:
-            await asyncio.shield(self._write)
-        self.interval_s = float("inf")
+    return PartialAnswerSaver(snapshot, save)
 
 
 async def show_answer_placeholder() -> cl.Message:
@@ -674,7 +655,7 @@ async def answer(question: str) -> None:
                 if retrieval_shown is not None:
                     await retrieval_shown
                 message = await show_answer_placeholder()
-                saver = PartialAnswerSaver(message)
+                saver = partial_answer_saver(message)
                 streamed = ""
                 stage = f"waiting for the first word of {event.model}"
             elif isinstance(event, Thinking):
@@ -682,7 +663,7 @@ async def answer(question: str) -> None:
                     # The thinking step goes above the answer: the answer's message comes with its first word.
                     await message.remove()
                     message = cl.Message(content="", author="assistant")
-                    saver = PartialAnswerSaver(message)
+                    saver = partial_answer_saver(message)
                 thinking = thinking or await ui.ThinkingStep.start()
                 stage = "the model was thinking"
                 await thinking.add(event.text)

@@ -17,6 +17,7 @@ import httpx
 from assistant.embedded import free_port, stop_process
 
 PROJECT = Path(__file__).resolve().parents[1]
+ANSWER_MAX_TOKENS = 96  # short answers keep a benchmark's questions quick
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -33,6 +34,7 @@ class AppServer:
     extra_env: dict = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+    app_file: Path = PROJECT / "app.py"  # another Chainlit app for a baseline (benchmarks/bare_chainlit_app.py)
 
     @property
     def url(self) -> str:
@@ -59,7 +61,7 @@ class AppServer:
             ASSISTANT_KNOWLEDGE_DIR=str(self.knowledge_dir),
             ASSISTANT_DATA_DIR=str(self.data_dir),
             ASSISTANT_CACHE_DIR=str(self.root / "cache"),
-            ASSISTANT_MAX_TOKENS="96",
+            ASSISTANT_MAX_TOKENS=str(ANSWER_MAX_TOKENS),
             ASSISTANT_TEMPERATURE="0",
             # A loaded 2-core machine can take minutes to read a prompt; the limit itself is tested elsewhere.
             ASSISTANT_FIRST_TOKEN_TIMEOUT_S="600",
@@ -71,7 +73,7 @@ class AppServer:
     def start(self, timeout_s: float = 60) -> "AppServer":
         with open(self.root / "chainlit.log", "ab") as log:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "chainlit", "run", str(PROJECT / "app.py"), "--headless",
+                [sys.executable, "-m", "chainlit", "run", str(self.app_file), "--headless",
                  "--host", "127.0.0.1", "--port", str(self.port)],
                 cwd=self.root, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
             )
