@@ -26,7 +26,7 @@ from assistant.ingest import UploadParser
 from assistant.embedded import EmbeddedModelError, default_model_path, model_name
 from assistant.page import OfflinePage
 from assistant.partial_answer import PartialAnswerSaver
-from assistant.events import AnswerStarted, Escalated, Queued, SourcesFound, Thinking, ThinkingFinished, Token, TurnFinished
+from assistant.events import AnswerStarted, AnswerWasThinking, Escalated, Queued, SourcesFound, Thinking, ThinkingFinished, Token, TurnFinished
 from assistant import wiring
 from assistant.record import TurnRecord
 from assistant.settings import RoutingMode, SettingsError, load_settings
@@ -667,6 +667,18 @@ async def answer(question: str) -> None:
                 thinking = thinking or await ui.ThinkingStep.start()
                 stage = "the model was thinking"
                 await thinking.add(event.text)
+            elif isinstance(event, AnswerWasThinking):
+                # What streamed as the answer was thinking (a server that left "<think>" to the template): it
+                # moves into a thinking step, and the answer starts again below it.
+                if saver is not None:
+                    await saver.finish()
+                if message is not None:
+                    await message.remove()
+                thinking = await ui.ThinkingStep.start()
+                await thinking.add(event.text)
+                message = await show_answer_placeholder()
+                saver = partial_answer_saver(message)
+                streamed = ""
             elif isinstance(event, ThinkingFinished):
                 if thinking is not None:
                     await thinking.finish(event.seconds, answered=event.answered)

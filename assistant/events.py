@@ -3,7 +3,9 @@
 A turn yields: ``SourcesFound`` -> ``PromptBuilt`` -> ``Queued``* -> ``AnswerStarted`` -> ``Token``... ->
 (``Escalated`` -> ``AnswerStarted`` -> ``Token``...)? -> ``Notice``* -> ``TurnFinished``.
 A reasoning model's leg streams ``Thinking``... then ``ThinkingFinished`` before its first ``Token``
-(thinking is never part of the answer text).
+(thinking is never part of the answer text). When thinking arrives as answer text that only a late, unopened
+``</think>`` shows to be thinking, the ``Token``s already streamed are followed by ``AnswerWasThinking`` and
+``ThinkingFinished``, then the answer's ``Token``s.
 On a model-server failure the turn still ends with ``TurnFinished``, after a ``Notice`` of level
 "error" that says what to start or set; the text streamed so far is in ``TurnFinished.text``.
 """
@@ -58,6 +60,16 @@ class Token:
 @dataclass
 class Thinking:
     """A piece of a reasoning model's thinking, streamed live; shown apart, never in the answer."""
+
+    text: str
+    role: str
+
+
+@dataclass
+class AnswerWasThinking:
+    """The text streamed as the answer so far was the model's thinking: its server sent the close of a think block
+    whose opening was in the prompt's template. ``text`` is all of that thinking; a ThinkingFinished follows, then
+    the answer's tokens."""
 
     text: str
     role: str

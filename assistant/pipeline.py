@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Sequence
 
 from assistant.events import (
-    AnswerStarted, Escalated, Notice, PromptBuilt, Queued, SourcesFound, Thinking, ThinkingFinished, Token, TurnFinished,
+    AnswerStarted, AnswerWasThinking, Escalated, Notice, PromptBuilt, Queued, SourcesFound, Thinking, ThinkingFinished,
+    Token, TurnFinished,
 )
 from assistant.record import TurnRecord
 from rag.citations import resolve_citations
@@ -43,7 +44,7 @@ from routing.client import ModelClient, ModelServerError, Response
 from routing.metrics import LegMetrics, Price, TurnMetrics, prices_from_settings
 from routing.options import RoutingOptions
 from routing.policy import looks_declined
-from routing.reasoning import REASONING
+from routing.reasoning import REASONING, WAS_THINKING
 from routing.router import ANSWERED, FAILED, NOT_ESCALATED, LegPlan, RoutingDecision, Router
 
 REFINE_INSTRUCTION = (
@@ -390,6 +391,12 @@ class Pipeline:
                     if kind == REASONING:
                         thinking_open = True
                         yield Thinking(text=text, role=leg.role)
+                        continue
+                    if kind == WAS_THINKING:
+                        if router is not None:
+                            router.answer_restarted()
+                        yield AnswerWasThinking(text=text, role=leg.role)
+                        yield _thinking_finished(leg, answered=True)
                         continue
                     if thinking_open:
                         thinking_open = False

@@ -26,7 +26,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from rag.tokens import count_message_tokens, count_tokens
 from routing.queue import ServerQueue
-from routing.reasoning import ANSWER, REASONING, InlineReasoningSplitter
+from routing.reasoning import ANSWER, REASONING, WAS_THINKING, InlineReasoningSplitter
 
 REASONING_EFFORTS = ("low", "medium", "high")
 # Where servers put the thinking of a reasoning model in a streamed delta, in the order they are read.
@@ -674,7 +674,9 @@ class ChatStream:
                 yield text
 
     async def parts(self) -> AsyncIterator[tuple[str, str]]:
-        """``("reasoning", text)`` and ``("answer", text)`` in the order the model produced them."""
+        """``("reasoning", text)`` and ``("answer", text)`` in the order the model produced them, and
+        ``("was_thinking", text)`` when the answer text so far turns out to have been thinking (see
+        :mod:`routing.reasoning`)."""
         if self._upstream is None:
             return
         response = self.response
@@ -799,6 +801,13 @@ class ChatStream:
             self.response.reasoning += text
             if timings.first_reasoning_token is None:
                 timings.first_reasoning_token = now
+            timings.last_reasoning_token = now
+        elif kind == WAS_THINKING:  # the answer so far was thinking: ``text`` is all of it
+            self.response.reasoning += text
+            self.response.text = ""
+            if timings.first_reasoning_token is None:
+                timings.first_reasoning_token = timings.first_answer_token or now
+            timings.first_answer_token = None
             timings.last_reasoning_token = now
         else:
             self.response.text += text

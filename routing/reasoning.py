@@ -6,12 +6,16 @@ Servers that do not parse reasoning themselves send it in the text:
   (a reply may also open with ``<|start|>assistant``); every channel but ``final`` is thinking.
 * Harmony with the markers stripped: ``analysis…assistantfinal…``.
 * ``<think>…</think>`` (qwen- and deepseek-style models).
+* ``…</think>`` without its opening: chat templates (DeepSeek-R1 and its distills, some Qwen3 ones) put
+  ``<think>`` at the end of the prompt, so the reply starts inside the thinking and only its close shows.
 
 :class:`InlineReasoningSplitter` takes the content deltas as they arrive and returns ``(kind, text)``
 parts, kind ``"reasoning"`` or ``"answer"``. A marker can be cut anywhere between two deltas, so text
 that could be the start of a marker is held back until the next delta (or :meth:`finish`) decides.
 The dialect is chosen from the opening of the content; a reply that opens with none of the markers is
-answer text, passed through as soon as it cannot be a marker's start.
+answer text, passed through as soon as it cannot be a marker's start. If such a reply then closes a think block
+it never opened, what was passed through as answer was thinking: the splitter says so with a ``"was_thinking"``
+part (its text: all of that thinking) and goes on with the answer after the close.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ import re
 
 REASONING = "reasoning"
 ANSWER = "answer"
+# The answer text passed through so far was thinking (an unopened </think> came); the part's text is all of that
+# thinking: what was passed through as answer and what followed it up to the close.
+WAS_THINKING = "was_thinking"
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 HARMONY_MARKERS = ("<|start|>", "<|channel|>", "<|message|>", "<|end|>", "<|return|>", "<|call|>", "<|constrain|>")
@@ -58,6 +65,7 @@ class InlineReasoningSplitter:
         self._harmony_channel_named = False
         self._harmony_kind = REASONING
         self._answer_started = False
+        self._plain_text: str | None = ""  # plain dialect: the answer so far; None once an unopened </think> came
 
     @property
     def in_reasoning(self) -> bool:
@@ -117,8 +125,7 @@ class InlineReasoningSplitter:
     # ------------------------------------------------------------------------------- parsing
     def _drain(self, final: bool) -> list[tuple[str, str]]:
         if self.dialect == "plain":
-            text, self._pending = self._pending, ""
-            return [(ANSWER, text)] if text else []
+            return self._drain_plain(final)
         if self.dialect == "harmony":
             return self._drain_harmony(final)
         close = THINK_CLOSE if self.dialect == "think" else STRIPPED_FINAL
@@ -138,6 +145,25 @@ class InlineReasoningSplitter:
             parts.append((ANSWER, self._pending))
             self._pending = ""
         return [(kind, text) for kind, text in parts if text]
+
+    def _drain_plain(self, final: bool) -> list[tuple[str, str]]:
+        if self._plain_text is not None:
+            start = 0
+            while (at := self._pending.find(THINK_CLOSE, start)) >= 0:
+                thinking = self._plain_text + self._pending[:at]
+                # On a line of its own, as these templates write it; "`</think>`" in a sentence is answer text.
+                if thinking.endswith("\n") or not thinking.strip():
+                    self._pending = self._pending[at + len(THINK_CLOSE):]
+                    self._plain_text = None
+                    self.dialect, self._in_reasoning = "think", False  # the rest is answer, trimmed of blank lines
+                    return ([(WAS_THINKING, thinking)] if thinking.strip() else []) + self._drain(final)
+                start = at + 1
+        keep = 0 if final or self._plain_text is None else _held_tail(self._pending, (THINK_CLOSE,))
+        cut = len(self._pending) - keep
+        text, self._pending = self._pending[:cut], self._pending[cut:]
+        if self._plain_text is not None:
+            self._plain_text += text
+        return [(ANSWER, text)] if text else []
 
     def _drain_harmony(self, final: bool) -> list[tuple[str, str]]:
         parts: list[tuple[str, str]] = []

@@ -195,6 +195,11 @@ class Router:
             return None
         return self._monitor.feed(delta, token_logprobs)
 
+    def answer_restarted(self) -> None:
+        """What the watched leg streamed so far was thinking, not answer: watch its answer afresh."""
+        if self._monitor is not None:
+            self._monitor = EarlyMonitor(self.options, supported=self.supported)
+
     # ------------------------------------------------------------------------------ after
     def after_answer(self, text: str, token_logprobs: Sequence[float] | None) -> LegPlan | None:
         """The first leg finished (or was stopped by :meth:`watch`): the next leg, or None to keep its answer."""

@@ -46,6 +46,9 @@ HARMONY_TOKENS = (
 )
 HARMONY_STRIPPED_TOKENS = ["analysis", "The user asks"] + THOUGHT[1:] + ["assistant", "final"] + ANSWER
 THINK_TOKENS = ["<th", "ink>\n"] + THOUGHT + ["\n</th", "ink>\n\n"] + ANSWER
+# DeepSeek-R1-style chat templates end the prompt with "<think>\n": a server that does not parse reasoning
+# (llama.cpp with --reasoning-format none, vLLM without a reasoning parser) streams only the close.
+UNOPENED_THINK_TOKENS = THOUGHT + ["\n</th", "ink>\n\n"] + ANSWER
 
 DIALECTS = [
     Dialect(

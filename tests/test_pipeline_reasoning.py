@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from assistant.events import Escalated, Notice, Thinking, ThinkingFinished, Token, TurnFinished
+from assistant.events import AnswerWasThinking, Escalated, Notice, Thinking, ThinkingFinished, Token, TurnFinished
 from assistant.pipeline import Pipeline
 from assistant.settings import Settings
 from routing.client import ModelClient
-from tests.dialects import ANSWER_TEXT, DIALECT_IDS, DIALECTS, THOUGHT_TEXT, by_name, truncated
+from tests.dialects import (
+    ANSWER_TEXT, DIALECT_IDS, DIALECTS, THOUGHT_TEXT, UNOPENED_THINK_TOKENS, by_name, truncated,
+)
 from tests.fake_openai_server import FakeOpenAIServer, Script
 from tests.test_pipeline import EXPENSES, VACATION, WordOverlapRetriever, of, words
 
@@ -144,3 +146,28 @@ async def test_reasoning_effort_setting_reaches_the_large_model_only():
     assert requests[0].body["reasoning_effort"] == "high"
     events, requests = await run_turn(dialect, None, dialect.large, mode="large", reasoning_effort="")
     assert "reasoning_effort" not in requests[0].body
+
+
+@pytest.mark.parametrize("mode", ["large", "automatic"])
+async def test_thinking_whose_opening_was_in_the_template_is_taken_out_of_the_answer_when_its_close_arrives(mode):
+    """The reply streams as answer text until an unopened </think> shows it was thinking: the pipeline says so,
+    closes the thinking, and the answer, the record and the router's checks see only what followed."""
+    dialect = by_name("<think>")
+    script = Script(tokens=list(UNOPENED_THINK_TOKENS))
+    events, _ = await run_turn(dialect, script if mode == "automatic" else None, script, mode=mode)
+
+    names = collapsed(events)
+    at = names.index("AnswerWasThinking")
+    assert names[at - 1:at + 3] == ["Token", "AnswerWasThinking", "ThinkingFinished", "Token"]
+    was = of(events, AnswerWasThinking)
+    assert len(was) == 1 and was[0].text.strip() == THOUGHT_TEXT
+    after = events[events.index(was[0]):]
+    assert "".join(e.text for e in of(after, Token)) == ANSWER_TEXT  # the answer, from its first character
+    assert of(after, ThinkingFinished)[0].answered
+
+    record = events[-1].record
+    assert record.text == ANSWER_TEXT and "</think>" not in record.history_text()
+    assert record.responses[-1].reasoning.strip() == THOUGHT_TEXT
+    assert record.cited == [1]
+    if mode == "automatic":  # the small model's cited answer is kept: its thinking did not count as the answer
+        assert not of(events, Escalated) and record.answered_by == dialect.small_id

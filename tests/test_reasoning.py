@@ -2,7 +2,7 @@
 
 import pytest
 
-from routing.reasoning import ANSWER, REASONING, InlineReasoningSplitter
+from routing.reasoning import ANSWER, REASONING, WAS_THINKING, InlineReasoningSplitter
 
 THOUGHT = "The user asks about vacation. Source [1] says 25 days."
 FINAL = "Every employee gets 25 days of paid vacation [1]."
@@ -15,6 +15,8 @@ DIALECTS = {
     ),
     "harmony stripped": f"analysis{THOUGHT}assistantfinal{FINAL}",
     "think": f"<think>\n{THOUGHT}\n</think>\n\n{FINAL}",
+    # DeepSeek-R1-style templates end the prompt with "<think>\n": the reply starts inside the thinking.
+    "think opened by the template": f"{THOUGHT}\n</think>\n\n{FINAL}",
 }
 
 
@@ -24,8 +26,15 @@ def split(chunks):
     for chunk in chunks:
         parts += splitter.feed(chunk)
     parts += splitter.finish()
-    reasoning = "".join(text for kind, text in parts if kind == REASONING)
-    answer = "".join(text for kind, text in parts if kind == ANSWER)
+    reasoning = answer = ""
+    for kind, text in parts:
+        if kind == WAS_THINKING:
+            assert text.startswith(answer), "was_thinking holds the answer text passed through so far, and the rest"
+            reasoning, answer = reasoning + text, ""
+        elif kind == REASONING:
+            reasoning += text
+        else:
+            answer += text
     return reasoning, answer, splitter
 
 
@@ -103,3 +112,26 @@ def test_commentary_channels_count_as_thinking():
 def test_a_harmony_message_without_a_channel_is_the_answer():
     reasoning, answer, _ = split(["<|start|>assistant<|mess", "age|>Plain reply.<|end|>"])
     assert (reasoning, answer) == ("", "Plain reply.")
+
+
+def test_an_unopened_think_close_turns_the_text_so_far_into_thinking_as_it_streams():
+    splitter = InlineReasoningSplitter()
+    assert splitter.feed("Okay, the user asks") == [(ANSWER, "Okay, the user asks")]  # no marker: passed at once
+    assert splitter.feed(" about leave.\n</th") == [(ANSWER, " about leave.\n")]  # a possible close: held
+    assert splitter.feed("ink>\n\nEvery") == [(WAS_THINKING, "Okay, the user asks about leave.\n"), (ANSWER, "Every")]
+    assert splitter.feed(" employee.\n</think>") == [(ANSWER, " employee.\n</think>")]  # only the first close counts
+    assert splitter.finish() == []
+
+
+@pytest.mark.parametrize("text", [
+    "Models such as DeepSeek-R1 end their thinking with `</think>` before the answer.",
+    "The tag </think> closes a think block.",
+])
+def test_a_think_close_inside_a_sentence_stays_the_answer(text):
+    reasoning, answer, _ = split(list(text))
+    assert (reasoning, answer) == ("", text)
+
+
+def test_a_reply_that_starts_with_the_close_is_all_answer():
+    reasoning, answer, _ = split(["</think>\n\n", FINAL])
+    assert (reasoning, answer) == ("", FINAL)

@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 from playwright.sync_api import expect
 
-from tests.dialects import ANSWER_TEXT, THOUGHT, THOUGHT_TEXT, by_name
+from tests.dialects import ANSWER_TEXT, THOUGHT, THOUGHT_TEXT, UNOPENED_THINK_TOKENS, by_name
 from tests.e2e.conftest import ASSISTANT, AppServer, ask, make_app_root, open_chat, pin, wait_for_answer
 from tests.fake_openai_server import FakeOpenAIServer, Script
 
@@ -120,3 +120,19 @@ def test_demo_page_shows_the_thinking_apart_from_the_answer(page, reasoning_app,
     assert page.inner_text("#thinking-summary").startswith("Thought for")
     assert page.inner_text("#output") == ANSWER_TEXT
     assert page.eval_on_selector("#thinking-text", "e => e.textContent") == THOUGHT_TEXT
+
+
+def test_thinking_opened_by_the_template_moves_into_the_step_when_its_close_arrives(page, reasoning_app, foundry_models):
+    # The thinking streams as answer text (slowly, so the page shows it) until "</think>" says what it was.
+    foundry_models.script(LARGE, Script(tokens=list(UNOPENED_THINK_TOKENS), token_delay=0.3))
+    open_chat(page, reasoning_app)
+    pin(page, "Large model only")
+    ask(page, "How many vacation days do employees get?")
+    page.locator(ASSISTANT).get_by_text(THOUGHT[1].strip()).first.wait_for(timeout=30_000)  # shown as it came
+    final = wait_for_answer(page)
+    assert ANSWER_TEXT in final
+    assert "</think>" not in final and THOUGHT[1].strip() not in final
+    page.get_by_text("Thought for").first.wait_for()
+    page.get_by_text("Thought for").last.click()
+    page.get_by_text(THOUGHT[1].strip()).first.wait_for()
+    assert f"Answered by {LARGE}" in final.replace("`", "")
