@@ -46,6 +46,9 @@ MB = 1024 * 1024
 class LoadLimits:
     max_text_chars: int = 4_000_000  # text extracted from one file (about 1M tokens)
     max_json_depth: int = 100
+    # Objects and arrays in one JSON file: Python holds each in ~250 bytes even when empty, so a 20 MB file of
+    # "{}," took 1.7 GB to parse; 200,000 take about 50 MB. Counted ("{" and "[" in the text) before parsing.
+    max_json_containers: int = 200_000
     max_html_depth: int = 256  # libxml2's own default nesting limit
     max_csv_field_chars: int = 100_000
     max_zip_members: int = 2_000
@@ -506,6 +509,9 @@ def load_csv(data: bytes, name: str, limits: LoadLimits = DEFAULT_LIMITS) -> lis
 
 def load_json(data: bytes, name: str, limits: LoadLimits = DEFAULT_LIMITS) -> list[Section]:
     text = decode_text(data, name)
+    if text.count("{") + text.count("[") > limits.max_json_containers:
+        raise LoadError(f"{name} holds more than {limits.max_json_containers:,} JSON objects and arrays; reading it would "
+                        "take too much memory. Split it into smaller files.")
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:

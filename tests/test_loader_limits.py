@@ -103,3 +103,11 @@ def test_pdf_stream_larger_than_the_limit_is_refused():
 
 def test_text_limit_counts_characters():
     assert "more text" in refusal(b"word " * 3000, "long.txt", LoadLimits(max_text_chars=10_000))
+
+
+def test_json_with_too_many_objects_is_refused_before_parsing():
+    limits = LoadLimits(max_json_containers=1_000)
+    message = refusal(b"[" + b"{}," * 1_000 + b"{}]", "many.json", limits)
+    assert "holds more than 1,000 JSON objects and arrays" in message
+    document = load_bytes(b'[{"a": "kept"}, ["also kept"]]', "few.json", limits=limits)
+    assert "a: kept" in document.text and "also kept" in document.text
