@@ -40,6 +40,7 @@ from rag.loaders import LoadError
 from rag.progress import TerminalProgress, progress_message
 from routing.client import ModelNotFound, explain_alias, on_request_sent
 from routing.metrics import SessionMetrics, latency_figure, summary_rows
+from routing.options import SERVER_DEFAULT_EFFORT
 from routing.policy import RoutingOptions
 import ui
 
@@ -309,6 +310,14 @@ def chat_settings_widgets(values: dict, models: ui.ServedModels) -> list:
                initial=values.get("min_answer_chars", defaults.min_answer_chars), min=0, max=400, step=10),
         Slider(id="confidence_threshold", label="Escalate below confidence (token probability quantile)",
                initial=values.get("confidence_threshold", defaults.confidence_threshold), min=0, max=1, step=0.05),
+        Select(
+            id="reasoning_effort",
+            label=f"Reasoning effort of {models.large}",
+            items={"Low": "low", "Medium": "medium", "High": "high", "The server's default": SERVER_DEFAULT_EFFORT},
+            initial_value=values.get("reasoning_effort") or defaults.reasoning_effort or SERVER_DEFAULT_EFFORT,
+            description="How long a reasoning model thinks before it answers: more effort, slower answers. "
+                        "Models that do not reason ignore it.",
+        ),
     ]
 
 

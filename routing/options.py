@@ -23,10 +23,13 @@ class RoutingMode(str, Enum):
 
 MAX_TOKENS_LIMIT = 32_768
 REASONING_EFFORT_CHOICES = ("", "low", "medium", "high")  # "": send none, the server's default
+SERVER_DEFAULT_EFFORT = "default"  # "" in a chat settings select (whose items cannot have an empty value)
 
 
 def _effort(value: object) -> str:
     value = str(value).strip().lower()
+    if value == SERVER_DEFAULT_EFFORT:
+        value = ""
     if value not in REASONING_EFFORT_CHOICES:
         raise ValueError("must be low, medium, high or empty")
     return value

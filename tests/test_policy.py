@@ -45,6 +45,15 @@ def test_options_from_settings_and_overrides():
     assert options.mode is RoutingMode.SMALL_ONLY  # the original is unchanged
 
 
+def test_reasoning_effort_from_the_chat_settings_select():
+    options = RoutingOptions()
+    assert options.with_overrides({"reasoning_effort": "high"}).reasoning_effort == "high"
+    # The select cannot offer an empty value: "default" stands for sending none (the server's default).
+    assert options.with_overrides({"reasoning_effort": "default"}).reasoning_effort == ""
+    with pytest.raises(ValueError, match="reasoning_effort"):
+        options.with_overrides({"reasoning_effort": "extreme"})
+
+
 @pytest.mark.parametrize(
     "values",
     [{"mode": "medium"}, {"max_tokens": 12.5}, {"confidence_threshold": 1.5}, {"temperature": "hot"}],

@@ -136,3 +136,30 @@ def test_thinking_opened_by_the_template_moves_into_the_step_when_its_close_arri
     page.get_by_text("Thought for").last.click()
     page.get_by_text(THOUGHT[1].strip()).first.wait_for()
     assert f"Answered by {LARGE}" in final.replace("`", "")
+
+
+def test_reasoning_effort_chosen_in_the_chat_settings_reaches_the_large_model(page, reasoning_app, foundry_models):
+    foundry_models.script(LARGE, FOUNDRY.large)
+    open_chat(page, reasoning_app)
+    page.locator("#chat-settings-open-modal").click()
+    page.locator("#mode").click()
+    page.get_by_role("option", name="Large model only").click()
+    page.locator("#reasoning_effort").click()
+    page.get_by_role("option", name="High").click()
+    page.locator("#confirm").click()
+    page.get_by_text("Settings saved").last.wait_for()
+    ask(page, "How many vacation days do employees get?")
+    wait_for_answer(page)
+    assert foundry_models.requests[-1].body["reasoning_effort"] == "high"
+
+    foundry_models.script(LARGE, FOUNDRY.large)
+    saved = page.get_by_text("Settings saved")
+    before = saved.count()
+    page.locator("#chat-settings-open-modal").click()
+    page.locator("#reasoning_effort").click()
+    page.get_by_role("option", name="The server's default").click()
+    page.locator("#confirm").click()
+    expect(saved).to_have_count(before + 1)
+    ask(page, "And how many carry over?")
+    wait_for_answer(page)
+    assert "reasoning_effort" not in foundry_models.requests[-1].body
