@@ -151,6 +151,9 @@ class InlineReasoningSplitter:
             start = 0
             while (at := self._pending.find(THINK_CLOSE, start)) >= 0:
                 thinking = self._plain_text + self._pending[:at]
+                if THINK_OPEN in thinking:  # opened in the text itself (an answer about the tags): not thinking
+                    self._plain_text = None
+                    break
                 # On a line of its own, as these templates write it; "`</think>`" in a sentence is answer text.
                 if thinking.endswith("\n") or not thinking.strip():
                     self._pending = self._pending[at + len(THINK_CLOSE):]

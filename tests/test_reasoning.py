@@ -126,6 +126,7 @@ def test_an_unopened_think_close_turns_the_text_so_far_into_thinking_as_it_strea
 @pytest.mark.parametrize("text", [
     "Models such as DeepSeek-R1 end their thinking with `</think>` before the answer.",
     "The tag </think> closes a think block.",
+    "A reply with thinking looks like this:\n```\n<think>\nplanning\n</think>\nThe answer.\n```",
 ])
 def test_a_think_close_inside_a_sentence_stays_the_answer(text):
     reasoning, answer, _ = split(list(text))
