@@ -614,7 +614,7 @@ class ChatStream:
         except asyncio.TimeoutError as exc:
             raise self._first_token_timeout() from exc
         except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
-            raise ServerRejected(f"The model server rejected the request: {exc.message}", partial=self.response) from exc
+            raise ServerRejected(f"The model server rejected the request: {_server_said(exc)}", partial=self.response) from exc
         except (openai.APIConnectionError, openai.APIStatusError) as exc:
             self.response.error = exc.__class__.__name__
             raise _as_model_error(exc, self._client.endpoint, self.response, hint=self._client.restart_hint()) from exc
@@ -861,7 +861,7 @@ def _rejected_parameter(exc: ServerRejected) -> str | None:
     cause = exc.__cause__
     if not isinstance(cause, (openai.BadRequestError, openai.UnprocessableEntityError)):
         return None
-    text = str(cause).lower()
+    text = f"{cause} {_server_said(cause)}".lower()
     if "logprob" in text:
         return "logprobs"
     if "reasoning" in text:
@@ -915,13 +915,36 @@ def _as_model_error(
         if exc.status_code in (429, 503):
             return ServerOverloaded(
                 f"The model server at {endpoint} is busy and turned the request away (HTTP {exc.status_code}: "
-                f"{exc.message}). Wait a moment and ask again.",
+                f"{_server_said(exc)}). Wait a moment and ask again.",
                 partial=partial,
             )
         return ServerRejected(
-            f"The model server at {endpoint} answered HTTP {exc.status_code}: {exc.message}", partial=partial
+            f"The model server at {endpoint} answered HTTP {exc.status_code}: {_server_said(exc)}", partial=partial
         )
     return ModelServerError(str(exc), partial=partial)
+
+
+def _server_said(exc: openai.APIStatusError, limit: int = 300) -> str:
+    """The server's own words for an HTTP error, in the shapes real servers send: ``{"error": {"message": ...}}``
+    (OpenAI, llama.cpp, Foundry Local), ``{"message": ...}`` (vLLM), ``{"error": "..."}`` (Ollama; the SDK hands
+    over the string), ``{"detail": ...}`` (FastAPI servers) or plain text. The SDK's own message keeps only
+    the first shape's text."""
+    body = exc.body
+    said = None
+    if isinstance(body, dict):
+        for key in ("message", "detail", "error"):
+            value = body.get(key)
+            if isinstance(value, dict):
+                value = value.get("message")
+            if isinstance(value, str) and value.strip():
+                said = value
+                break
+    elif isinstance(body, str) and body.strip():
+        said = body
+    if said is None:
+        return "no reason given"
+    said = " ".join(said.split())
+    return said if len(said) <= limit else said[: limit - 1] + "…"
 
 
 def _server_kind(owners: list[str], endpoint: str) -> str:

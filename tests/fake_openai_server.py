@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 
@@ -35,6 +35,7 @@ class Script:
     drop_after: int | None = None  # cut the connection after this many tokens
     status: int = 200
     error_message: str = "scripted error"
+    error_body: bytes | None = None  # the error response's body as sent (default: OpenAI's {"error": {"message"}})
     reject_logprobs: bool = False  # answer 400 when the request asks for logprobs
     reject_reasoning_effort: bool = False  # answer 400 when the request carries reasoning_effort
     finish_reason: str = "stop"
@@ -125,6 +126,8 @@ class FakeOpenAIServer:
         if model not in self.models:
             return JSONResponse({"error": {"message": f"model {model} not found"}}, status_code=404)
         if script.status != 200:
+            if script.error_body is not None:
+                return Response(script.error_body, status_code=script.status, media_type="application/json")
             return JSONResponse({"error": {"message": script.error_message}}, status_code=script.status)
         if script.reject_logprobs and body.get("logprobs"):
             return JSONResponse({"error": {"message": "logprobs is not supported"}}, status_code=400)

@@ -157,6 +157,45 @@ async def test_overloaded_server_says_wait_and_ask_again(server):
     assert "HTTP 503" in str(caught.value) and "ask again" in str(caught.value)
 
 
+# Error bodies as real servers send them, and the words the user must see.
+ERROR_BODIES = {
+    "OpenAI / llama.cpp / Foundry Local": (b'{"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}',
+                                           "Loading model"),
+    "vLLM": (b'{"object": "error", "message": "The server is overloaded.", "type": "ServiceUnavailable", "code": 503}',
+             "The server is overloaded."),
+    "Ollama": (b'{"error": "server busy, please try again.  maximum pending requests exceeded"}',
+               "server busy, please try again. maximum pending requests exceeded"),
+    "FastAPI": (b'{"detail": "Service Unavailable"}', "Service Unavailable"),
+    "plain text": (b"upstream unavailable", "upstream unavailable"),
+}
+
+
+@pytest.mark.parametrize("shape", ERROR_BODIES)
+async def test_a_busy_server_is_quoted_in_its_own_words_whatever_its_error_shape(server, shape):
+    body, words = ERROR_BODIES[shape]
+    server.script(MODEL, Script(status=503, error_body=body))
+    client = ModelClient(server.base_url)
+    try:
+        with pytest.raises(ServerOverloaded) as caught:
+            await client.complete(MODEL, MESSAGES)
+    finally:
+        await client.close()
+    assert f"(HTTP 503: {words})" in str(caught.value)
+    assert "Error code" not in str(caught.value) and "{" not in str(caught.value)
+
+
+async def test_a_rejected_reasoning_effort_in_ollamas_error_shape_is_dropped_and_asked_again(server):
+    server.script(MODEL, Script(status=400, error_body=b'{"error": "invalid option: reasoning_effort"}'),
+                  Script(tokens=["fine"]))
+    client = ModelClient(server.base_url)
+    try:
+        response = await client.complete(MODEL, MESSAGES, reasoning_effort="high")
+    finally:
+        await client.close()
+    assert response.text == "fine"
+    assert "reasoning_effort" in server.requests[0].body and "reasoning_effort" not in server.requests[1].body
+
+
 # ------------------------------------------------------------------------------------ kept model list
 
 
