@@ -724,6 +724,10 @@ class ChatStream:
         for part in self._splitter.finish():
             self._record(part)
             yield part
+        if response.finish_reason is None:
+            # Every server here ends a whole answer with a finish reason; a stream that closes cleanly without
+            # one was broken off (llama.cpp, for one, ends with an 'error:' line, which SSE readers skip).
+            raise self._unfinished()
         self._finished = True
         timings.finished = time.perf_counter()
 
@@ -755,6 +759,8 @@ class ChatStream:
         except httpx.TimeoutException as exc:
             raise (self._first_token_timeout() if timings.first_token is None else self._idle_timeout()) from exc
         except (httpx.HTTPError, openai.APIError) as exc:
+            if type(exc) is openai.APIError:  # the SDK's reading of a 'data: {"error": ...}' event in the stream
+                raise self._reported(exc) from exc
             raise self._cut(exc) from exc
         finally:
             if not pending.done():
@@ -782,6 +788,22 @@ class ChatStream:
         return ModelTimeout(
             f"The model server at {self._client.endpoint} stopped sending text for "
             f"{self._client.stream_idle_timeout_s:g} s in the middle of the answer. {self._kept()} Ask again.",
+            partial=self.response,
+        )
+
+    def _reported(self, exc: openai.APIError) -> StreamInterrupted:
+        self.response.error = "error event in the stream"
+        return StreamInterrupted(
+            f"The model server at {self._client.endpoint} stopped the answer with an error: "
+            f"{' '.join(exc.message.split())[:300]}. {self._kept()} Ask again.",
+            partial=self.response,
+        )
+
+    def _unfinished(self) -> StreamInterrupted:
+        self.response.error = "stream ended unfinished"
+        return StreamInterrupted(
+            f"The model server at {self._client.endpoint} ended its stream without finishing the answer (no "
+            f"finish reason: an error on its side, or something between cutting it). {self._kept()} Ask again.",
             partial=self.response,
         )
 

@@ -33,6 +33,10 @@ class Script:
     send_usage: bool = True
     prompt_tokens: int = 42
     drop_after: int | None = None  # cut the connection after this many tokens
+    # After this many tokens, send ``end_event`` (raw SSE text) and end the stream cleanly: no finish reason, no
+    # [DONE]. A server reporting an error mid-answer ('data: {"error": ...}') or ending with an 'error:' line.
+    end_after: int | None = None
+    end_event: str = ""
     status: int = 200
     error_message: str = "scripted error"
     error_body: bytes | None = None  # the error response's body as sent (default: OpenAI's {"error": {"message"}})
@@ -170,6 +174,10 @@ class FakeOpenAIServer:
                     await asyncio.sleep(script.token_delay)
                 if script.drop_after is not None and i >= script.drop_after:
                     raise ConnectionAbortedError("scripted drop")
+                if script.end_after is not None and i >= script.end_after:
+                    if script.end_event:
+                        yield script.end_event
+                    return
                 choice = {"index": 0, "delta": {**script.delta_extra, "content": token}, "finish_reason": None}
                 if script.logprobs_null:
                     choice["logprobs"] = None

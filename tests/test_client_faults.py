@@ -114,6 +114,35 @@ async def test_cut_before_any_text_does_not_claim_something_was_kept(server):
     assert "Nothing of the answer had arrived" in str(caught.value) and "kept above" not in str(caught.value)
 
 
+async def test_an_error_event_mid_answer_is_reported_in_the_servers_words(server):
+    error = {"error": {"code": 500, "message": "Decoding failed: out of memory", "type": "server_error"}}
+    server.script(MODEL, Script(tokens=["one", " two", " three"], end_after=2, end_event=f"data: {json.dumps(error)}\n\n"))
+    client = ModelClient(server.base_url)
+    try:
+        with pytest.raises(StreamInterrupted) as caught:
+            await client.complete(MODEL, MESSAGES)
+    finally:
+        await client.close()
+    message = str(caught.value)
+    assert "stopped the answer with an error: Decoding failed: out of memory" in message
+    assert "tokens that arrived are kept" in message and "closed the connection" not in message
+    assert caught.value.partial.text == "one two" and not caught.value.partial.complete
+
+
+@pytest.mark.parametrize("end_event", ['error: {"code": 500, "message": "slot failed", "type": "server_error"}\n\n', ""],
+                         ids=["an SSE 'error:' line", "nothing"])
+async def test_a_stream_that_ends_cleanly_without_a_finish_reason_is_not_a_whole_answer(server, end_event):
+    server.script(MODEL, Script(tokens=["one", " two", " three"], end_after=2, end_event=end_event))
+    client = ModelClient(server.base_url)
+    try:
+        with pytest.raises(StreamInterrupted) as caught:
+            await client.complete(MODEL, MESSAGES)
+    finally:
+        await client.close()
+    assert "ended its stream without finishing the answer" in str(caught.value)
+    assert caught.value.partial.text == "one two" and not caught.value.partial.complete
+
+
 async def test_a_silent_stream_fails_after_the_silence_limit_not_the_first_token_limit(server):
     # Headers and the opening role chunk, then nothing at all.
     server.script(MODEL, Script(first_token_delay=60))
