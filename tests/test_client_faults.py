@@ -29,6 +29,17 @@ def server():
         yield fake
 
 
+async def failure(server, kind: type[Exception], **client_options) -> Exception:
+    """The error of one answer asked from ``server``, which must be of type ``kind``."""
+    client = ModelClient(server.base_url, **client_options)
+    try:
+        with pytest.raises(kind) as caught:
+            await client.complete(MODEL, MESSAGES)
+    finally:
+        await client.close()
+    return caught.value
+
+
 @pytest.fixture(autouse=True)
 def fresh_scripts(server):
     server.scripts.clear()
@@ -92,55 +103,35 @@ async def test_connection_cut_during_the_headers_is_not_called_unreachable():
 
 async def test_cut_mid_answer_says_what_was_kept(server):
     server.script(MODEL, Script(tokens=["one", " two", " three", " four"], drop_after=2))
-    client = ModelClient(server.base_url)
-    try:
-        with pytest.raises(StreamInterrupted) as caught:
-            await client.complete(MODEL, MESSAGES)
-    finally:
-        await client.close()
-    assert caught.value.partial.text == "one two"
-    assert "tokens that arrived are kept" in str(caught.value)
+    error = await failure(server, StreamInterrupted)
+    assert error.partial.text == "one two"
+    assert "tokens that arrived are kept" in str(error)
 
 
 async def test_cut_before_any_text_does_not_claim_something_was_kept(server):
     server.script(MODEL, Script(tokens=["one", " two"], drop_after=0))
-    client = ModelClient(server.base_url)
-    try:
-        with pytest.raises(StreamInterrupted) as caught:
-            await client.complete(MODEL, MESSAGES)
-    finally:
-        await client.close()
-    assert caught.value.partial.text == ""
-    assert "Nothing of the answer had arrived" in str(caught.value) and "kept above" not in str(caught.value)
+    error = await failure(server, StreamInterrupted)
+    assert error.partial.text == ""
+    assert "Nothing of the answer had arrived" in str(error) and "kept above" not in str(error)
 
 
 async def test_an_error_event_mid_answer_is_reported_in_the_servers_words(server):
     error = {"error": {"code": 500, "message": "Decoding failed: out of memory", "type": "server_error"}}
     server.script(MODEL, Script(tokens=["one", " two", " three"], end_after=2, end_event=f"data: {json.dumps(error)}\n\n"))
-    client = ModelClient(server.base_url)
-    try:
-        with pytest.raises(StreamInterrupted) as caught:
-            await client.complete(MODEL, MESSAGES)
-    finally:
-        await client.close()
-    message = str(caught.value)
+    error = await failure(server, StreamInterrupted)
+    message = str(error)
     assert "stopped the answer with an error: Decoding failed: out of memory" in message
     assert "tokens that arrived are kept" in message and "closed the connection" not in message
-    assert caught.value.partial.text == "one two" and not caught.value.partial.complete
+    assert error.partial.text == "one two" and not error.partial.complete
 
 
 @pytest.mark.parametrize("end_event", ['error: {"code": 500, "message": "slot failed", "type": "server_error"}\n\n', ""],
                          ids=["an SSE 'error:' line", "nothing"])
 async def test_a_stream_that_ends_cleanly_without_a_finish_reason_is_not_a_whole_answer(server, end_event):
     server.script(MODEL, Script(tokens=["one", " two", " three"], end_after=2, end_event=end_event))
-    client = ModelClient(server.base_url)
-    try:
-        with pytest.raises(StreamInterrupted) as caught:
-            await client.complete(MODEL, MESSAGES)
-    finally:
-        await client.close()
-    assert "ended its stream without finishing the answer" in str(caught.value)
-    assert caught.value.partial.text == "one two" and not caught.value.partial.complete
+    error = await failure(server, StreamInterrupted)
+    assert "ended its stream without finishing the answer" in str(error)
+    assert error.partial.text == "one two" and not error.partial.complete
 
 
 async def test_a_silent_stream_fails_after_the_silence_limit_not_the_first_token_limit(server):
@@ -177,13 +168,8 @@ async def test_keep_alives_keep_a_slow_stream_alive(server):
 
 async def test_overloaded_server_says_wait_and_ask_again(server):
     server.script(MODEL, Script(status=503, error_message="server busy"))
-    client = ModelClient(server.base_url)
-    try:
-        with pytest.raises(ServerOverloaded) as caught:
-            await client.complete(MODEL, MESSAGES)
-    finally:
-        await client.close()
-    assert "HTTP 503" in str(caught.value) and "ask again" in str(caught.value)
+    error = await failure(server, ServerOverloaded)
+    assert "HTTP 503" in str(error) and "ask again" in str(error)
 
 
 # Error bodies as real servers send them, and the words the user must see.
@@ -203,14 +189,9 @@ ERROR_BODIES = {
 async def test_a_busy_server_is_quoted_in_its_own_words_whatever_its_error_shape(server, shape):
     body, words = ERROR_BODIES[shape]
     server.script(MODEL, Script(status=503, error_body=body))
-    client = ModelClient(server.base_url)
-    try:
-        with pytest.raises(ServerOverloaded) as caught:
-            await client.complete(MODEL, MESSAGES)
-    finally:
-        await client.close()
-    assert f"(HTTP 503: {words})" in str(caught.value)
-    assert "Error code" not in str(caught.value) and "{" not in str(caught.value)
+    error = await failure(server, ServerOverloaded)
+    assert f"(HTTP 503: {words})" in str(error)
+    assert "Error code" not in str(error) and "{" not in str(error)
 
 
 async def test_a_rejected_reasoning_effort_in_ollamas_error_shape_is_dropped_and_asked_again(server):
