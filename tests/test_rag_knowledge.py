@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from rag import knowledge
 from rag.index import search_many
 from rag.knowledge import STALE_AFTER_S, KnowledgeBase
 from tests.fixtures.documents import pdf_bytes, write
@@ -34,6 +35,18 @@ def test_refresh_indexes_the_folder_and_searches(folder, tmp_path, backend):
     assert top.chunk.source == "pets.md" and top.score > 0
     descaling = kb.search("descaling", 3)[0].chunk
     assert (descaling.source, descaling.page) == ("manual.pdf", 2)
+
+
+def test_a_file_of_too_many_tokens_is_skipped_before_it_is_chunked(folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(knowledge, "MAX_FILE_TOKENS", 1_000)
+    write(folder / "tiny-sentences.txt", "a. " * 1_000)  # 3,000 characters, 2,000 tokens
+    write(folder / "long-but-fine.txt", "Deployment " * 900)  # more characters than the limit, fewer tokens
+    report = KnowledgeBase(folder, tmp_path / "cache").refresh()
+    skipped = {s.source: s.reason for s in report.skipped}
+    assert skipped["tiny-sentences.txt"] == (
+        "tiny-sentences.txt holds 2,000 tokens of text; a file may have at most 1,000. Split it into smaller files."
+    )
+    assert "long-but-fine.txt" not in skipped and "pets.md" not in skipped
 
 
 @pytest.mark.parametrize("backend", ["rank_bm25", "bm25s"])
