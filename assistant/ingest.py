@@ -112,20 +112,14 @@ def _limit_self(limits: IngestLimits) -> None:
 
 def parse_file(path: Path, name: str, chunk_tokens: int, chunk_overlap: int, limits: IngestLimits) -> dict:
     """Load and chunk one file; the answer the parser process sends (also callable in-process, for tests)."""
-    from rag.loaders import document_chunks, load_bytes
-    from rag.tokens import count_tokens
+    from rag.loaders import check_token_count, document_chunks, load_bytes
 
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise LoadError(f"{name} could not be read ({exc.strerror or exc}).") from None
     document = load_bytes(data, name, limits=limits.loader)
-    tokens = count_tokens(document.text)
-    if tokens > limits.max_tokens:
-        raise LoadError(
-            f"{name} holds {tokens:,} tokens of text; an upload may have at most {limits.max_tokens:,}. "
-            "Split it into smaller files."
-        )
+    check_token_count(document.text, name, limits.max_tokens, "an upload")
     chunks = document_chunks(document, name, chunk_tokens=chunk_tokens, overlap=chunk_overlap)
     if len(chunks) > limits.max_chunks:
         raise LoadError(

@@ -53,7 +53,9 @@ import numpy as np
 from rag.bm25 import DEFAULT_BACKEND
 from rag.chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP
 from rag.index import FIELD_TERMS, FIELDS, Collection, FieldPostings, Segment, check_index_options
-from rag.loaders import LoadError, SkippedFile, document_chunks, folder_files, load_bytes, relative_source
+from rag.loaders import (
+    LoadError, SkippedFile, check_token_count, document_chunks, folder_files, load_bytes, relative_source,
+)
 from rag.tokens import encoding
 from rag.types import SHARED_SCOPE, Chunk, ScoredChunk
 
@@ -241,20 +243,11 @@ def _chunk_columns(chunks: list[Chunk]) -> dict[str, list]:
     }
 
 
-def check_tokens(text: str, name: str) -> None:
-    """Refuse a file of more than MAX_FILE_TOKENS tokens (counted only when it has more characters than that)."""
-    if len(text) > MAX_FILE_TOKENS:
-        tokens = len(encoding().encode(text, disallowed_special=()))
-        if tokens > MAX_FILE_TOKENS:
-            raise LoadError(f"{name} holds {tokens:,} tokens of text; a file may have at most {MAX_FILE_TOKENS:,}. "
-                            "Split it into smaller files.")
-
-
 def process_file(source: str, data: bytes, chunk_tokens: int, chunk_overlap: int) -> ProcessedFile:
     """Load, chunk and analyse one file of the knowledge folder; a file that cannot be read is skipped."""
     try:
         document = load_bytes(data, Path(source).name, source)
-        check_tokens(document.text, Path(source).name)
+        check_token_count(document.text, Path(source).name, MAX_FILE_TOKENS)
         chunks = document_chunks(document, source, chunk_tokens=chunk_tokens, overlap=chunk_overlap)
     except LoadError as exc:
         log.warning("Skipped %s: %s", source, exc)

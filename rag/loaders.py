@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from rag.chunking import Section, chunk_sections, split_markdown_sections, split_rst_sections
+from rag.tokens import encode
 from rag.types import Chunk
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,17 @@ DEFAULT_LIMITS = LoadLimits()
 
 def _mb(size: int) -> str:
     return f"{size / MB:.0f} MB" if size >= MB else f"{size:,} bytes"
+
+
+def check_token_count(text: str, name: str, limit: int, holder: str = "a file") -> None:
+    """Refuse text of more than ``limit`` tokens. A token is at least one byte of UTF-8, so text of no more bytes
+    than that (most files) is not counted."""
+    if len(text) <= limit and (text.isascii() or len(text.encode("utf-8", "surrogatepass")) <= limit):
+        return
+    tokens = len(encode(text))
+    if tokens > limit:
+        raise LoadError(f"{name} holds {tokens:,} tokens of text; {holder} may have at most {limit:,}. "
+                        "Split it into smaller files.")
 
 
 def check_text_size(text_chars: int, name: str, limits: LoadLimits) -> None:

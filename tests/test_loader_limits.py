@@ -111,3 +111,18 @@ def test_json_with_too_many_objects_is_refused_before_parsing():
     assert "holds more than 1,000 JSON objects and arrays" in message
     document = load_bytes(b'[{"a": "kept"}, ["also kept"]]', "few.json", limits=limits)
     assert "a: kept" in document.text and "also kept" in document.text
+
+
+def test_token_limit_counts_text_with_fewer_characters_than_tokens(monkeypatch):
+    from rag import loaders
+    from rag.loaders import check_token_count
+
+    # 600 emoji: 600 characters, 2,400 bytes, 1,200 tokens. A character bound alone would let it through.
+    with pytest.raises(LoadError, match=r"smiles\.txt holds 1,200 tokens of text; an upload may have at most 1,000\."):
+        check_token_count("😀" * 600, "smiles.txt", 1_000, "an upload")
+
+    def never(text):
+        raise AssertionError("text of fewer bytes than the limit was tokenized")
+
+    monkeypatch.setattr(loaders, "encode", never)
+    check_token_count("word " * 199, "short.txt", 1_000)
