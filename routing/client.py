@@ -795,7 +795,7 @@ class ChatStream:
         self.response.error = "error event in the stream"
         return StreamInterrupted(
             f"The model server at {self._client.endpoint} stopped the answer with an error: "
-            f"{' '.join(exc.message.split())[:300]}. {self._kept()} Ask again.",
+            f"{_one_line(exc.message)}. {self._kept()} Ask again.",
             partial=self.response,
         )
 
@@ -946,7 +946,13 @@ def _as_model_error(
     return ModelServerError(str(exc), partial=partial)
 
 
-def _server_said(exc: openai.APIStatusError, limit: int = 300) -> str:
+def _one_line(text: str, limit: int = 300) -> str:
+    """A server's message as one line of at most ``limit`` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _server_said(exc: openai.APIStatusError) -> str:
     """The server's own words for an HTTP error, in the shapes real servers send: ``{"error": {"message": ...}}``
     (OpenAI, llama.cpp, Foundry Local), ``{"message": ...}`` (vLLM), ``{"error": "..."}`` (Ollama; the SDK hands
     over the string), ``{"detail": ...}`` (FastAPI servers) or plain text. The SDK's own message keeps only
@@ -963,10 +969,7 @@ def _server_said(exc: openai.APIStatusError, limit: int = 300) -> str:
                 break
     elif isinstance(body, str) and body.strip():
         said = body
-    if said is None:
-        return "no reason given"
-    said = " ".join(said.split())
-    return said if len(said) <= limit else said[: limit - 1] + "…"
+    return "no reason given" if said is None else _one_line(said)
 
 
 def _server_kind(owners: list[str], endpoint: str) -> str:
