@@ -17,7 +17,9 @@ import pytest
 
 from assistant.accounts import save_user
 from assistant.embedded import free_port
-from tests.e2e.conftest import AppServer, ask, make_app_root, wait_for_answer, wait_for_new_chat, watch
+from tests.e2e.conftest import (
+    AppServer, ask, make_app_root, wait_for_answer, wait_for_answer_with_sources, wait_for_new_chat, watch,
+)
 from tests.fake_openai_server import FakeOpenAIServer, Script
 
 pytestmark = pytest.mark.e2e
@@ -99,7 +101,7 @@ def chat_with_an_upload(browser, server: AppServer, name: str) -> dict:
     page.locator("#upload-button-input").set_input_files(
         [{"name": file_name, "mimeType": "text/markdown", "buffer": text.encode()}])
     ask(page, QUESTIONS[name])
-    answer = wait_for_answer(page, 120)
+    answer = wait_for_answer_with_sources(page, 120)  # the upload's name is in the Sources element
     page.get_by_text(f"{file_name} is ready for this conversation").first.wait_for()
     cookies = {c["name"]: c["value"] for c in context.cookies(server.url)}
     return {"context": context, "page": page, "answer": answer, "thread_url": page.url, "cookies": cookies,
